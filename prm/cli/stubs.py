@@ -1,0 +1,34 @@
+"""Entry points whose issue has not landed yet: each says so and exits non-zero."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _not_yet(name: str, what: str) -> None:
+    print(f"{name}: {what} is not there yet (a later issue builds it).", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def sft() -> None:
+    _not_yet("prm-sft", "supervised fine-tuning of the policy")
+
+
+def train() -> None:
+    _not_yet("prm-train", "PRM training")
+
+
+def evaluate() -> None:
+    _not_yet("prm-eval", "PRM evaluation")
+
+
+def search() -> None:
+    _not_yet("prm-search", "test-time search")
+
+
+def sweep() -> None:
+    _not_yet("prm-sweep", "compute-vs-accuracy sweeps")
+
+
+def rl() -> None:
+    _not_yet("prm-rl", "RL with process rewards")

@@ -1,0 +1,1 @@
+"""Test-time search with process reward models (built on prm)."""

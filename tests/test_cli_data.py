@@ -1,0 +1,125 @@
+"""``prm-data`` subcommands and the first ``prm-demo`` stage, end to end on small files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prm.cli.data import main
+from prm.data.arith import generate_problems
+from prm.data.problems import read_problems
+from prm.data.stepwise import read_stepwise
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "prm800k_sample.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_arith_writes_labelled_solutions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "train.jsonl"
+    assert main(["arith", str(out), "--n", "40", "--seed", "3", "--samples-per-problem", "2", "--max-ops", "3"]) == 0
+    examples = read_stepwise(out)
+    assert len(examples) == 80
+    assert all(2 <= ex.extra["difficulty"] <= 3 for ex in examples)
+    assert all(len(ex.labels) == len(ex.completions) for ex in examples)
+    assert "records: 80" in capsys.readouterr().out
+    again = tmp_path / "again.jsonl"
+    main(["arith", str(again), "--n", "40", "--seed", "3", "--samples-per-problem", "2", "--max-ops", "3"])
+    assert again.read_text() == out.read_text()
+
+
+def test_arith_problems_only_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "problems.jsonl"
+    assert main(["arith", str(out), "--n", "5", "--seed", "7", "--problems-only"]) == 0
+    records = read_problems(out)
+    truth = generate_problems(5, seed=7)
+    assert [r.id for r in records] == [p.id for p in truth]
+    assert [r.answer for r in records] == [str(p.answer) for p in truth]
+    assert [r.problem for r in records] == [p.prompt for p in truth]
+
+
+def test_convert_then_validate_prm800k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "prm800k.jsonl"
+    assert main(["convert", str(SAMPLE), str(out), "--neutral", "drop"]) == 0
+    examples = read_stepwise(out)
+    assert len(examples) == 17
+    assert sum(ex.labels.count(None) for ex in examples) == 18  # the 18 chosen steps rated 0
+    capsys.readouterr()
+    assert main(["validate", str(out)]) == 0
+    assert "format stepwise, 17 valid record(s)" in capsys.readouterr().out
+    assert main(["stats", str(SAMPLE), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["records"] == 17 and stats["steps"] == 147
+
+
+def test_validate_reports_every_problem_with_location(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"prompt": "a", "completions": ["x"], "labels": [1.0]}\n'
+        '{"prompt": "b", "completions": ["x"], "labels": [2]}\n'
+        "not json\n"
+        '{"prompt": "c", "completions": ["x", "y"], "labels": [1.0]}\n'
+        '{"completions": ["x"], "labels": [0.0]}\n'
+    )
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "4 invalid record(s)" in err
+    assert f"{bad}:2: field 'labels[0]'" in err
+    assert f"{bad}:3: invalid JSON" in err
+    assert f"{bad}:4: field 'labels'" in err
+    assert f"{bad}:5: field 'prompt'" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", "empty file"), ('{"foo": 1}\n', "unrecognised record")],
+)
+def test_validate_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_text(content)
+    assert main(["validate", str(path)]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_missing_file_and_bad_knob_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", str(tmp_path / "nope.jsonl")]) == 1
+    assert "nope.jsonl: file not found" in capsys.readouterr().err
+    assert main(["arith", str(tmp_path / "x.jsonl"), "--slip-rate", "2"]) == 1
+    assert "slip_rate" in capsys.readouterr().err
+
+
+def test_convert_skip_invalid_counts_skipped_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = SAMPLE.read_text().splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([lines[0], "{oops", lines[1]]) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["convert", str(broken), str(out)]) == 1
+    assert f"{broken}:2: invalid JSON" in capsys.readouterr().err
+    assert main(["convert", str(broken), str(out), "--skip-invalid"]) == 0
+    assert "skipped 1 invalid line(s)" in capsys.readouterr().err
+    assert len(read_stepwise(out)) == 2
+
+
+def _demo(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prm.cli.demo", f"run_dir={run_dir}", *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_demo_generates_then_reuses_its_data(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    first = _demo(run, "data.n_problems=60")
+    assert first.returncode == 0, first.stderr
+    assert "[data] wrote 60 labelled solutions" in first.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"]["records"] == 60
+    second = _demo(run, "data.n_problems=60")
+    assert "[data] reusing" in second.stdout
+    changed = _demo(run, "data.n_problems=70")
+    assert "[data] wrote 70 labelled solutions" in changed.stdout
+    typo = _demo(run, "data.n_problemz=3")
+    assert typo.returncode != 0 and "n_problemz" in typo.stderr

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PRM800K_SAMPLE, REPO
 from prm.cli.data import main
 from prm.data.arith import generate_problems
 from prm.data.problems import read_problems
 from prm.data.stepwise import read_stepwise
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "prm800k_sample.jsonl"
-REPO = Path(__file__).resolve().parents[1]
+SAMPLE = PRM800K_SAMPLE
 
 
 def test_arith_writes_labelled_solutions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PRM800K_SAMPLE
 from prm.data.errors import DataError, SkipReport
 from prm.data.prm800k import PRM800KOptions, looks_like_prm800k, parse_record, read_prm800k
 from prm.data.stepwise import StepwiseExample
 
-SAMPLE = Path("/work/shared/data/prm800k_sample.jsonl")
-if not SAMPLE.exists():  # a checkout with its own copy of the shared data
-    SAMPLE = Path(__file__).resolve().parents[1] / "shared" / "data" / "prm800k_sample.jsonl"
-pytestmark = pytest.mark.skipif(not SAMPLE.exists(), reason="PRM800K sample not found")
+SAMPLE = PRM800K_SAMPLE
 
 Counts = tuple[int, int, int, int, int]
 

@@ -69,3 +69,21 @@ def test_bad_model_paths_give_clear_errors(tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "missing_tok")
     with pytest.raises(ValueError, match="divisible"):
         load_causal_lm(size=TinyGPTConfig(n_embd=30, n_head=4))
+
+
+def test_any_local_hf_model_directory_loads_through_the_same_function(tmp_path: Path) -> None:
+    """A non-GPT-2 architecture saved by plain transformers (as a user's hub model would be) loads too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_char_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    reference = LlamaForCausalLM(config)
+    reference.save_pretrained(str(tmp_path / "llama"))
+    tok.save_pretrained(str(tmp_path / "llama"))
+    model, loaded_tok = load_causal_lm(tmp_path / "llama")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    ids = torch.tensor([loaded_tok(TEXT).input_ids])
+    assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)

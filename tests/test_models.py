@@ -17,10 +17,13 @@ TEXT = "Q: 7+5*3-4\n7+5=2\n2*3=6\n6-4=2\n# Answer: 2"
 def test_char_tokenizer_one_token_per_character(tmp_path: Path) -> None:
     save_char_tokenizer(tmp_path)
     tok = AutoTokenizer.from_pretrained(str(tmp_path))
-    enc = tok(TEXT, return_offsets_mapping=True)
+    enc = tok(TEXT, add_special_tokens=False, return_offsets_mapping=True)
     assert len(enc["input_ids"]) == len(TEXT)
     assert enc["offset_mapping"] == [(i, i + 1) for i in range(len(TEXT))]
     assert tok.decode(enc["input_ids"]) == TEXT
+    with_bos = tok(TEXT, return_offsets_mapping=True)
+    assert with_bos["input_ids"] == [tok.bos_token_id, *enc["input_ids"]]
+    assert with_bos["offset_mapping"][0] == (0, 0)
     newline = tok.convert_tokens_to_ids("\n")
     assert [i for i, t in enumerate(enc["input_ids"]) if t == newline] == [i for i, c in enumerate(TEXT) if c == "\n"]
     assert tok.unk_token_id not in enc["input_ids"]
@@ -29,9 +32,10 @@ def test_char_tokenizer_one_token_per_character(tmp_path: Path) -> None:
 def test_char_tokenizer_special_tokens_and_unknown() -> None:
     tok = build_char_tokenizer()
     assert len({tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id}) == 4
-    ids = [tok.bos_token_id, *tok("ab").input_ids, tok.eos_token_id]
+    ids = [*tok("ab").input_ids, tok.eos_token_id]
+    assert ids[0] == tok.bos_token_id
     assert tok.decode(ids, skip_special_tokens=True) == "ab"
-    assert tok("é").input_ids == [tok.unk_token_id]
+    assert tok("é", add_special_tokens=False).input_ids == [tok.unk_token_id]
 
 
 def test_tiny_model_saves_and_reloads_with_auto_classes(tmp_path: Path) -> None:

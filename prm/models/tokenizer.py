@@ -1,7 +1,9 @@
 """A character-level tokenizer built locally and saved as a normal Hugging Face tokenizer directory.
 
 Every printable ASCII character, the newline and the tab are one token each, so step boundaries
-are single tokens and nothing is ever downloaded. The saved directory loads with plain
+are single tokens and nothing is ever downloaded. Encoding with special tokens (the default)
+prepends ``<bos>``, as Llama-style tokenizers do; EOS is appended by whoever builds training
+examples. The saved directory loads with plain
 ``AutoTokenizer.from_pretrained`` (a ``PreTrainedTokenizerFast`` with offsets).
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -26,6 +28,11 @@ def build_char_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
+    # Like Llama-style tokenizers, encoding with special tokens prepends BOS (offsets (0, 0)), so
+    # training and generation agree by always using the tokenizer's own convention.
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token=PAD,

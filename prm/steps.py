@@ -242,3 +242,8 @@ def step_end_token_indices(offsets: Sequence[tuple[int, int]], end_chars: Sequen
         else:
             found.append(spans[j][1])
     return found
+
+
+def policy_prompt(prompt: str, fmt: StepFormat = PLAIN) -> str:
+    """The text a policy continues: the prompt, ending with the step separator (added if missing)."""
+    return prompt if prompt.endswith(fmt.separator) else prompt + fmt.separator

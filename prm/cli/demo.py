@@ -23,13 +23,6 @@ from prm.steps import StepFormat
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def world_from_config(cfg: DictConfig) -> ArithConfig:
-    """The ArithConfig described by a ``data/arith`` config group."""
-    world: dict[str, Any] = OmegaConf.to_container(cfg.world, resolve=True)  # type: ignore[assignment]
-    world["operators"] = tuple(world["operators"])
-    return ArithConfig(**world)
-
-
 def stage_data(cfg: DictConfig, run_dir: Path) -> Path:
     """Generate and label the arithmetic-world training data; reused while ``data`` config is unchanged."""
     stage_dir = run_dir / "data"
@@ -40,7 +33,7 @@ def stage_data(cfg: DictConfig, run_dir: Path) -> Path:
         return out
     fmt = ARITH_FORMAT if cfg.data.format == "plain" else StepFormat(style="tagged")
     examples = generate_dataset(
-        cfg.data.n_problems, world_from_config(cfg.data), cfg.data.seed,
+        cfg.data.n_problems, ArithConfig.from_dict(OmegaConf.to_container(cfg.data.world, resolve=True)), cfg.data.seed,
         samples_per_problem=cfg.data.samples_per_problem, fmt=fmt,
     )
     write_stepwise(out, examples)

@@ -31,7 +31,7 @@ import operator
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
 from typing import Any
 
@@ -128,6 +128,17 @@ class ArithConfig:
         if self.modulus is not None:
             n_facts = self.modulus * len(self.operators) * (self.operand_max - self.operand_min + 1)
             need(self.num_systematic <= n_facts, "num_systematic", f"must be <= the {n_facts} possible facts")
+
+    @classmethod
+    def from_dict(cls, values: Any) -> ArithConfig:
+        """An ArithConfig from a config mapping (e.g. ``data.world``); unknown keys are a clear error."""
+        if not isinstance(values, dict):
+            raise ValueError(f"ArithConfig: expected a mapping of knobs, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"ArithConfig: unknown knob(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
 
 
 @dataclass(frozen=True)

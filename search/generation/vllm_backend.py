@@ -1,0 +1,153 @@
+"""vLLM backend of the ``Generator`` protocol (GPU; vLLM is an optional extra, imported only here, lazily).
+
+One ``generate`` call is one ``LLM.generate`` over all prompts with
+``SamplingParams(n, temperature, top_p, max_tokens, stop, include_stop_str_in_output=True, seed,
+logprobs=0)``: vLLM prefills each prompt once for its ``n`` samples and, with prefix caching,
+reuses the KV cache of prefixes seen in earlier calls (step-by-step search re-sends growing
+prefixes). Counts come from the ``RequestOutput``: ``prompt_tokens = len(prompt_token_ids)`` on the
+first sample of each prompt (the same accounting as the HF backend, so strategies compare across
+backends); the part served from the prefix cache is reported separately in
+``stats.cached_prompt_tokens``. ``generated_tokens = len(completion.token_ids)`` (the EOS or the
+token completing a stop string included). ``logprob`` is the completion's cumulative log-prob;
+with the default ``logprobs_mode="processed_logprobs"`` it is taken after temperature/top-p,
+like the HF backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from search.generation.base import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    Generation,
+    GenerationStats,
+    check_generate_args,
+)
+
+INSTALL_HINT = "vLLM is not installed: install it with pip install -e '.[vllm]' on a GPU machine"
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return vllm
+
+
+def completion_to_generation(completion: Any, prompt_tokens: int, decode: Callable[[list[int]], str]) -> Generation:
+    """One vLLM ``CompletionOutput`` as a ``Generation`` (duck-typed, so it is testable without vLLM).
+
+    vLLM reports ``finish_reason`` "stop" (with ``stop_reason`` the stop string, or None / a token
+    id for EOS and stop tokens) or "length". An EOS-ended text is re-decoded without its EOS token.
+    """
+    ids = list(completion.token_ids)
+    text = completion.text
+    stop_reason = getattr(completion, "stop_reason", None)
+    if completion.finish_reason == "stop" and isinstance(stop_reason, str):
+        reason = stop_reason
+    elif completion.finish_reason == "stop":
+        reason = FINISH_EOS
+        text = decode(ids[:-1])
+    else:
+        reason = FINISH_LENGTH
+    logprob = getattr(completion, "cumulative_logprob", None)
+    if logprob is None and getattr(completion, "logprobs", None):
+        logprob = sum(step[t].logprob for step, t in zip(completion.logprobs, ids))
+    return Generation(text=text, finish_reason=reason, prompt_tokens=prompt_tokens, generated_tokens=len(ids),
+                      logprob=None if logprob is None else float(logprob), token_ids=ids)
+
+
+def request_to_generations(request: Any, decode: Callable[[list[int]], str]) -> list[Generation]:
+    """A ``RequestOutput``'s completions in sample order; its prompt tokens on the first one."""
+    completions = sorted(request.outputs, key=lambda c: c.index)
+    plen = len(request.prompt_token_ids or [])
+    return [completion_to_generation(c, plen if k == 0 else 0, decode) for k, c in enumerate(completions)]
+
+
+class VLLMGenerator:
+    """The ``Generator`` protocol over ``vllm.LLM`` (see the module docstring).
+
+    ``model_path``: a local Hugging Face model directory (or a hub name where the machine allows
+    it); ``model_or_path`` is accepted as another name for it, so entry points can instantiate
+    either backend with the same keyword. Other keyword arguments go to ``vllm.LLM`` unchanged
+    (``max_model_len``, ...).
+    ``logprobs_mode``: None leaves vLLM's default (log-probs of the raw model distribution).
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        tensor_parallel_size: int = 1,
+        enable_prefix_caching: bool = True,
+        dtype: str = "bfloat16",
+        gpu_memory_utilization: float = 0.85,
+        seed: int = 0,
+        tokenizer: str | None = None,
+        logprobs_mode: str | None = "processed_logprobs",
+        model_or_path: str | None = None,
+        **llm_kwargs: Any,
+    ) -> None:
+        model_path = model_path or model_or_path
+        if not model_path:
+            raise ValueError("VLLMGenerator needs model_path (a model directory)")
+        vllm = _import_vllm()
+        kwargs: dict[str, Any] = dict(
+            model=str(model_path),
+            tokenizer=tokenizer,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=enable_prefix_caching,
+            dtype=_DTYPES.get(dtype, dtype),
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            **llm_kwargs,
+        )
+        if logprobs_mode is not None:
+            kwargs["logprobs_mode"] = logprobs_mode
+        self._vllm = vllm
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.stats = GenerationStats()
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[list[Generation]]:
+        """``n`` continuations per prompt; see ``search.generation.base.Generator``."""
+        stops = check_generate_args(n, temperature, top_p, max_new_tokens, stop)
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not one string")
+        if not prompts:
+            return []
+        start = time.perf_counter()
+        params = self._vllm.SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_new_tokens,
+            stop=stops or None,
+            include_stop_str_in_output=True,
+            skip_special_tokens=False,  # like the HF backend: specials stay in the text, EOS is dropped
+            seed=seed,
+            logprobs=0,  # the sampled token's log-prob only
+        )
+        requests = self.llm.generate(list(prompts), params, use_tqdm=False)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        results = [request_to_generations(r, decode) for r in requests]
+        cached = sum(int(getattr(r, "num_cached_tokens", 0) or 0) for r in requests)
+        self.stats.add(results, time.perf_counter() - start, cached_prompt_tokens=cached)
+        return results
+
+
+__all__ = ["INSTALL_HINT", "VLLMGenerator", "completion_to_generation", "request_to_generations"]

@@ -1,0 +1,205 @@
+"""``prm-sample``: sample k solutions per problem from a policy, label them, and measure the policy.
+
+Writes, in ``run_dir``:
+
+- ``samples.jsonl``: one labelled stepwise example per sample (problem id, sample index, the
+  solution's correctness, its log-likelihood and token counts) — the PRM's training data in the
+  arithmetic world. Appended problem by problem; an interrupted run resumes after the last
+  complete problem.
+- ``greedy.jsonl``: the greedy (temperature 0) solution of each problem, when ``greedy`` is on.
+- ``summary.json``: by difficulty and overall, greedy accuracy, sampled accuracy, majority@k,
+  pass@k and best-of-k by the policy's own likelihood, with the generation compute spent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from prm.data.arith import ARITH_FORMAT, ArithConfig
+from prm.data.stepwise import StepwiseExample, read_stepwise
+from prm.io import atomic_write_text, write_json
+from prm.steps import PLAIN, StepFormat, policy_prompt
+from search.generation.base import Generation, Generator
+from search.tasks import Task, arith_tasks, by_difficulty, file_tasks
+from search.voting import vote
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def sample_format(cfg: DictConfig) -> StepFormat:
+    """The step format of the policy's solutions: the arithmetic world's plain/tagged, else PRM800K's."""
+    if cfg.data.get("source") == "arith":
+        return ARITH_FORMAT if cfg.data.get("format", "plain") == "plain" else StepFormat(style="tagged")
+    return PLAIN if cfg.data.get("format", "plain") == "plain" else StepFormat(style="tagged")
+
+
+def load_tasks(cfg: DictConfig) -> list[Task]:
+    """Held-out arithmetic-world problems, or a problem file (``problems=path``)."""
+    world = ArithConfig.from_dict(OmegaConf.to_container(cfg.data.world, resolve=True)) if "world" in cfg.data else None
+    if cfg.problems:
+        return file_tasks(cfg.problems, world)
+    if world is None:
+        raise ValueError("no problems: set problems=<problem file> or use data=arith")
+    return arith_tasks(cfg.n_problems, world, cfg.problem_seed)
+
+
+def done_ids(path: Path, k: int) -> set[str]:
+    """Ids of problems whose k samples are all in ``path`` (a crash mid-problem redoes that problem)."""
+    if not path.exists():
+        return set()
+    counts: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash
+            counts[rec["id"]] = counts.get(rec["id"], 0) + 1
+    return {pid for pid, c in counts.items() if c >= k}
+
+
+def truncate_to_complete(path: Path, keep: set[str]) -> None:
+    """Drop lines of problems not in ``keep`` (partially written before a crash)."""
+    if not path.exists():
+        return
+    lines = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line)["id"] in keep:
+                    lines.append(line)
+            except json.JSONDecodeError:
+                break
+    atomic_write_text(path, "".join(lines))
+
+
+def label_samples(task: Task, gens: Sequence[Generation], fmt: StepFormat, **extra: Any) -> list[StepwiseExample]:
+    """Label each sample of one problem, keeping its generation's compute and likelihood."""
+    return [
+        task.label(g.text, fmt, sample=j, logprob=g.logprob, generated_tokens=g.generated_tokens,
+                   prompt_tokens=g.prompt_tokens, finish_reason=g.finish_reason, **extra)
+        for j, g in enumerate(gens)
+    ]
+
+
+def policy_metrics(tasks: Sequence[Task], samples: dict[str, list[StepwiseExample]],
+                   greedy: dict[str, StepwiseExample]) -> dict[str, dict[str, float]]:
+    """Per difficulty and overall: greedy, sampled accuracy, majority@k, pass@k, likelihood best-of-k."""
+    out: dict[str, dict[str, float]] = {}
+    for group, idx in by_difficulty(tasks).items():
+        rows = {"problems": len(idx), "sampled": 0.0, "majority": 0.0, "pass": 0.0, "likelihood_best": 0.0}
+        if greedy:
+            rows["greedy"] = 0.0
+        for i in idx:
+            t = tasks[i]
+            ss = samples[t.id]
+            correct = [bool(s.extra["correct"]) for s in ss]
+            rows["sampled"] += sum(correct) / len(correct)
+            rows["pass"] += any(correct)
+            v = vote([s.extra.get("given_answer") for s in ss])
+            rows["majority"] += v.index is not None and correct[v.index]
+            lls = [s.extra.get("logprob") if s.extra.get("logprob") is not None else float("-inf") for s in ss]
+            rows["likelihood_best"] += correct[max(range(len(ss)), key=lambda j: lls[j])]
+            if greedy:
+                rows["greedy"] += bool(greedy[t.id].extra["correct"])
+        out[group] = {k: (v if k == "problems" else v / max(1, len(idx))) for k, v in rows.items()}
+    return out
+
+
+def format_metrics(metrics: dict[str, dict[str, float]], k: int) -> str:
+    """The summary table: one row per difficulty."""
+    cols = [c for c in ("greedy", "sampled", "majority", "pass", "likelihood_best") if c in metrics["all"]]
+    names = {"greedy": "greedy", "sampled": "sampled", "majority": f"maj@{k}", "pass": f"pass@{k}",
+             "likelihood_best": f"loglik-best@{k}"}
+    lines = ["difficulty  problems  " + "  ".join(f"{names[c]:>13}" for c in cols)]
+    for group, row in metrics.items():
+        lines.append(f"{group:>10}  {int(row['problems']):>8}  " + "  ".join(f"{row[c]:>13.3f}" for c in cols))
+    return "\n".join(lines)
+
+
+def append_jsonl(path: Path, examples: Sequence[StepwiseExample]) -> None:
+    """Append examples line by line and flush, so a crash loses at most the problem in progress."""
+    with path.open("a", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
+    """Sample, label and summarise; resumes from what ``run_dir`` already holds."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fmt = sample_format(cfg)
+    tasks = load_tasks(cfg)
+    if not tasks:
+        raise ValueError("no problems to sample")
+    samples_path, greedy_path = run_dir / "samples.jsonl", run_dir / "greedy.jsonl"
+    done = done_ids(samples_path, cfg.k)
+    if cfg.greedy:
+        done &= done_ids(greedy_path, 1)
+        truncate_to_complete(greedy_path, done)
+    truncate_to_complete(samples_path, done)
+    todo = [t for t in tasks if t.id not in done]
+    if done:
+        print(f"[sample] resuming: {len(done)} problems done, {len(todo)} to go")
+    generator = generator or instantiate(cfg.generator, model_or_path=cfg.policy)
+    before = (generator.stats.generated_tokens, generator.stats.prompt_tokens)
+    start = time.perf_counter()
+    chunk = cfg.prompts_per_call
+    with tqdm(total=len(todo), desc="sampling", unit="problem", disable=not cfg.progress) as bar:
+        # Fixed chunks with a seed per chunk: a resumed run samples exactly what an uninterrupted one would.
+        for c in range(0, len(tasks), chunk):
+            part = tasks[c : c + chunk]
+            if all(t.id in done for t in part):
+                continue
+            prompts = [policy_prompt(t.prompt, fmt) for t in part]
+            seed = cfg.seed * 1_000_003 + c
+            gens = generator.generate(prompts, n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                      max_new_tokens=cfg.max_new_tokens, seed=seed)
+            greedy = (generator.generate(prompts, n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
+                      if cfg.greedy else None)
+            for i, t in enumerate(part):
+                if t.id in done:
+                    continue
+                if greedy is not None:
+                    append_jsonl(greedy_path, label_samples(t, greedy[i], fmt, greedy=True))
+                append_jsonl(samples_path, label_samples(t, gens[i], fmt))
+                bar.update(1)
+    elapsed = time.perf_counter() - start
+    generated = generator.stats.generated_tokens - before[0]
+    prompt_tokens = generator.stats.prompt_tokens - before[1]
+    samples: dict[str, list[StepwiseExample]] = {}
+    for ex in read_stepwise(samples_path):
+        samples.setdefault(ex.extra["id"], []).append(ex)
+    greedy_by_id = {ex.extra["id"]: ex for ex in read_stepwise(greedy_path)} if cfg.greedy else {}
+    metrics = policy_metrics(tasks, samples, greedy_by_id)
+    summary = {
+        "policy": str(cfg.policy), "k": cfg.k, "temperature": cfg.temperature, "problems": len(tasks),
+        "metrics": metrics,
+        "this_run": {"problems_sampled": len(todo), "wall_time_s": elapsed,
+                     "generated_tokens": generated, "prompt_tokens": prompt_tokens,
+                     "generated_tokens_per_s": generated / elapsed if elapsed > 0 else 0.0},
+    }
+    write_json(run_dir / "summary.json", summary)
+    print(format_metrics(metrics, cfg.k))
+    print(f"[sample] {samples_path} ({sum(len(v) for v in samples.values())} labelled samples); "
+          f"summary in {run_dir / 'summary.json'}")
+    return summary
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="sample")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

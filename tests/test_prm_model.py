@@ -1,0 +1,52 @@
+"""The PRM model: built from scratch or from a policy's backbone, saved/reloaded, cached forward = full forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForTokenClassification
+
+from prm.models.loading import TinyGPTConfig, load_causal_lm, save_model
+from prm.models.prm_inputs import encode_steps
+from prm.models.prm_model import build_prm, load_prm, save_prm, token_logits
+from prm.models.tokenizer import build_char_tokenizer
+from prm.steps import PLAIN
+
+SIZE = TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64)
+
+
+def test_prm_from_policy_keeps_backbone_and_reloads(tmp_path: Path) -> None:
+    policy, tok = load_causal_lm(size=SIZE, seed=1)
+    save_model(policy, tok, tmp_path / "policy")
+    prm, prm_tok = build_prm(tmp_path / "policy")
+    assert torch.equal(prm.transformer.wte.weight, policy.transformer.wte.weight)
+    assert prm.config.num_labels == 1
+    save_prm(prm, prm_tok, tmp_path / "prm")
+    plain = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "prm")).eval()
+    again, _ = load_prm(tmp_path / "prm")
+    ids = torch.tensor([prm_tok("Q: 1+2\n1+2=3\n").input_ids])
+    assert torch.allclose(plain(ids).logits, again.eval()(ids).logits)
+
+
+def test_cached_forward_equals_full_forward() -> None:
+    prm, tok = build_prm(size=SIZE, seed=0)
+    prm.eval()
+    ids = torch.tensor([tok("Q: 1+2*3\n1+2=3\n3*3=9\n").input_ids])
+    with torch.inference_mode():
+        full = prm(ids).logits
+        head, cache = token_logits(prm, ids[:, :7], use_cache=True)
+        tail, _ = token_logits(prm, ids[:, 7:], past_key_values=cache, use_cache=True)
+    assert torch.allclose(torch.cat([head, tail], dim=1), full, atol=1e-5)
+
+
+def test_encode_steps_puts_positions_on_separators_and_truncates() -> None:
+    tok = build_char_tokenizer()
+    enc = encode_steps(tok, "Q: 1+2*3", ["1+2=3", "3*3=9"], PLAIN)
+    text = "Q: 1+2*3\n1+2=3\n3*3=9\n"
+    assert enc.input_ids[0] == tok.bos_token_id and len(enc.input_ids) == len(text) + 1
+    # BOS shifts every character by one: the separators after the steps are chars 14 and 20.
+    assert enc.positions == [15, 21]
+    assert all(tok.convert_ids_to_tokens(enc.input_ids[p]) == "\n" for p in enc.positions)
+    cut = encode_steps(tok, "Q: 1+2*3", ["1+2=3", "3*3=9"], PLAIN, max_length=18)
+    assert cut.positions == [15] and cut.kept == 1 and cut.truncated and len(cut.input_ids) == 18

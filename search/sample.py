@@ -30,7 +30,7 @@ from prm.io import atomic_write_text, write_json
 from prm.steps import PLAIN, StepFormat, policy_prompt
 from search.generation.base import Generation, Generator
 from search.tasks import Task, arith_tasks, by_difficulty, file_tasks
-from search.voting import vote
+from prm.voting import vote
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.voting import answer_classes, vote
+from prm.voting import answer_classes, vote
 
 
 def test_majority_counts_equivalent_answers_together() -> None:

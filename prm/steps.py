@@ -195,12 +195,14 @@ def is_answer_step(step_text: str, fmt: StepFormat = PLAIN) -> bool:
 def scoring_text(prompt: str, steps: Sequence[str], fmt: StepFormat = PLAIN) -> tuple[str, list[int]]:
     """The text a PRM reads and, per step, the character index that ends it.
 
-    The text is ``prompt + sep`` then every step followed by ``sep`` (whatever the style: a PRM
-    reads bare steps). A step's end index is the first character of the separator after it.
-    Steps are taken as given (never split or stripped), so a multi-line PRM800K step is one step.
+    The text is ``policy_prompt(prompt)`` (the prompt ending with ``sep``, exactly what the policy
+    continued) then every step followed by ``sep`` (whatever the style: a PRM reads bare steps).
+    A step's end index is the first character of the separator after it. Steps are taken as
+    given (never split or stripped), so a multi-line PRM800K step is one step.
     """
     sep = fmt.separator
-    parts, ends, length = [prompt, sep], [], len(prompt) + len(sep)
+    head = policy_prompt(prompt, fmt)
+    parts, ends, length = [head], [], len(head)
     for step in steps:
         length += len(step)
         ends.append(length)

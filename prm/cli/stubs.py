@@ -18,10 +18,6 @@ def train() -> None:
     _not_yet("prm-train", "PRM training")
 
 
-def evaluate() -> None:
-    _not_yet("prm-eval", "PRM evaluation")
-
-
 def search() -> None:
     _not_yet("prm-search", "test-time search")
 

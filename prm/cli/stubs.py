@@ -10,18 +10,6 @@ def _not_yet(name: str, what: str) -> None:
     raise SystemExit(1)
 
 
-def sft() -> None:
-    _not_yet("prm-sft", "supervised fine-tuning of the policy")
-
-
-def train() -> None:
-    _not_yet("prm-train", "PRM training")
-
-
-def search() -> None:
-    _not_yet("prm-search", "test-time search")
-
-
 def sweep() -> None:
     _not_yet("prm-sweep", "compute-vs-accuracy sweeps")
 

@@ -1,0 +1,129 @@
+"""The PRM's loss: binary cross-entropy with logits on each step's label token, nothing else.
+
+A batch (``prm_collate``) holds ``input_ids``, ``attention_mask`` and ``labels``: a float tensor
+the shape of ``input_ids`` that is ``IGNORE_LABEL`` (-100) everywhere except on the label token of
+each labelled step (``prm.models.prm_inputs.encode_steps``), where it is the target in [0, 1]
+(hard 0/1 or soft). Unlabelled steps (``None``) are never written, so they are ignored too.
+
+``bce_on_labels`` averages ``-(w_pos * y * log s + w_neg * (1 - y) * log(1 - s))`` over the
+labelled positions (``s = sigmoid(logit)``; with ``w_pos = w_neg = 1`` this is PyTorch's
+``binary_cross_entropy_with_logits``; ``w_pos`` alone is its ``pos_weight``). The mean divides by
+the number of labelled positions, not by the weights. ``class_weights`` gives the weights from
+config: a ``pos_weight``, or ``balance`` (inverse class frequency on the training labels, scaled
+so the average weight is 1). A batch without a labelled position has loss 0 that still carries
+a gradient graph (never NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_LABEL = -100.0
+
+
+def prm_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+    """Collate encoded examples ``{"input_ids", "positions", "targets"}`` into right-padded tensors.
+
+    ``labels[row, positions[j]] = targets[j]`` for every target that is not None; every other
+    position (other tokens, unlabelled steps, padding) is ``IGNORE_LABEL``.
+    """
+
+    def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(ex["input_ids"]) for ex in examples)
+        ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), longest), dtype=torch.long)
+        labels = torch.full((len(examples), longest), IGNORE_LABEL, dtype=torch.float32)
+        for row, ex in enumerate(examples):
+            n = len(ex["input_ids"])
+            ids[row, :n] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+            mask[row, :n] = 1
+            for pos, target in zip(ex["positions"], ex["targets"]):
+                if target is not None:
+                    labels[row, pos] = float(target)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return collate
+
+
+def bce_on_labels(
+    logits: torch.Tensor, labels: torch.Tensor, *, pos_weight: float = 1.0, neg_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted BCE over the positions where ``labels != IGNORE_LABEL`` (see the module docstring).
+
+    ``logits``: ``[batch, tokens]`` or ``[batch, tokens, 1]``. Metrics: ``step_acc`` (sigmoid >= 0.5
+    against target >= 0.5), ``frac_pos`` (mean target), ``labelled_steps`` (count); all 0 when
+    nothing is labelled.
+    """
+    if logits.dim() == 3:
+        if logits.size(-1) != 1:
+            raise ValueError(f"a PRM has one logit per token (got {logits.size(-1)})")
+        logits = logits.squeeze(-1)
+    if logits.shape != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in shape")
+    mask = labels != IGNORE_LABEL
+    n = int(mask.sum().item())
+    if n == 0:
+        zero = logits.sum() * 0.0  # keeps the graph: backward() works and gives zero gradients
+        none = torch.zeros((), device=logits.device)
+        return zero, {"step_acc": none, "frac_pos": none, "labelled_steps": none}
+    x = logits[mask].float()
+    y = labels[mask].float()
+    per_step = -(pos_weight * y * F.logsigmoid(x) + neg_weight * (1.0 - y) * F.logsigmoid(-x))
+    loss = per_step.sum() / n
+    with torch.no_grad():
+        acc = ((x >= 0) == (y >= 0.5)).float().mean()
+        metrics = {"step_acc": acc, "frac_pos": y.mean(), "labelled_steps": torch.tensor(float(n))}
+    return loss, metrics
+
+
+def token_logits_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's per-token logit ``[batch, tokens]`` (a token-classification model, one label)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits if hasattr(out, "logits") else out
+    return logits.squeeze(-1) if logits.dim() == 3 else logits
+
+
+@dataclass(frozen=True)
+class PRMLoss:
+    """``loss_fn(model, batch)`` for ``prm.train.loop.train``: ``bce_on_labels`` on the model's logits."""
+
+    pos_weight: float = 1.0
+    neg_weight: float = 1.0
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return bce_on_labels(token_logits_of(model, batch), batch["labels"], pos_weight=self.pos_weight,
+                             neg_weight=self.neg_weight)
+
+
+def class_weights(targets: Iterable[float | None], *, pos_weight: float | None = None,
+                  balance: bool = False) -> tuple[float, float]:
+    """``(w_pos, w_neg)`` from config: ``(pos_weight, 1)``, inverse frequency (``balance``), or ``(1, 1)``.
+
+    Balanced: ``w_pos = N / (2 N_pos)``, ``w_neg = N / (2 N_neg)`` over the labelled targets (a
+    soft target ``y`` counts ``y`` positive and ``1 - y`` negative), so the mean weight is 1. With
+    one class absent there is nothing to balance: ``(1, 1)``.
+    """
+    if balance and pos_weight is not None:
+        raise ValueError("give pos_weight or balance=true, not both")
+    if pos_weight is not None:
+        if not pos_weight > 0:
+            raise ValueError(f"pos_weight={pos_weight} must be > 0")
+        return float(pos_weight), 1.0
+    if not balance:
+        return 1.0, 1.0
+    ys = [float(y) for y in targets if y is not None]
+    n_pos = sum(ys)
+    n_neg = len(ys) - n_pos
+    if n_pos <= 0 or n_neg <= 0:
+        return 1.0, 1.0
+    return len(ys) / (2 * n_pos), len(ys) / (2 * n_neg)
+
+
+def flat_targets(examples: Sequence[dict[str, Any]]) -> list[float | None]:
+    """Every step target of encoded examples, in order (None = unlabelled)."""
+    return [t for ex in examples for t in ex["targets"]]

@@ -1,0 +1,125 @@
+"""Batches with little padding: length bucketing, a padding collate, and the padding fraction.
+
+``plan_batches`` turns example lengths into one epoch's list of batches (lists of example
+indices), a pure function of ``(lengths, sizes, seed, epoch)``, so a resumed run rebuilds exactly
+the batches it had and skips the ones it already consumed. ``bucketed`` (the default) shuffles
+the examples, sorts each large chunk by length, cuts it into batches of similar lengths and
+shuffles the batches; ``random`` is plain shuffled batching (for comparison); ``sequential``
+keeps the order and ``sorted`` sorts everything by length (both for evaluation). A batch holds
+``batch_size`` examples, or, with ``max_tokens``, as many as fit in ``max_tokens`` padded
+positions (longest x count; an example longer than the budget is a batch by itself).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+Strategy = Literal["bucketed", "random", "sequential", "sorted"]
+IGNORE_INDEX = -100
+
+
+def _cut(order: Sequence[int], lengths: Sequence[int], batch_size: int | None, max_tokens: int | None) -> list[list[int]]:
+    """Cut ``order`` into consecutive batches by count or by padded-token budget."""
+    if max_tokens is None:
+        assert batch_size is not None
+        return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        full = batch_size is not None and len(current) >= batch_size
+        if current and (new_longest * (len(current) + 1) > max_tokens or full):
+            batches.append(current)
+            current, new_longest = [], lengths[i]
+        current.append(i)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    return batches
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    *,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    strategy: Strategy = "bucketed",
+    chunk_batches: int = 64,
+) -> list[list[int]]:
+    """One epoch of batches (lists of indices into ``lengths``); every example appears exactly once.
+
+    Deterministic per ``(seed, epoch)``. ``bucketed`` sorts within chunks of ``chunk_batches``
+    batches' worth of examples (large chunks: little padding; still random across chunks).
+    """
+    if batch_size is None and max_tokens is None:
+        raise ValueError("give batch_size or max_tokens")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
+    n = len(lengths)
+    order = list(range(n))
+    if strategy == "sequential":
+        return _cut(order, lengths, batch_size, max_tokens)
+    if strategy == "sorted":
+        return _cut(sorted(order, key=lambda i: lengths[i]), lengths, batch_size, max_tokens)
+    rng = random.Random(f"batches-{seed}-{epoch}")
+    rng.shuffle(order)
+    if strategy == "random":
+        return _cut(order, lengths, batch_size, max_tokens)
+    if strategy != "bucketed":
+        raise ValueError(f"unknown batching strategy {strategy!r} (bucketed, random, sequential or sorted)")
+    if batch_size is not None:
+        chunk = batch_size * chunk_batches
+    else:  # token budget: a chunk holds about chunk_batches batches of average-length examples
+        mean = max(1, sum(lengths) // max(n, 1))
+        chunk = max(1, (max_tokens or 1) // mean) * chunk_batches
+    batches: list[list[int]] = []
+    for start in range(0, n, chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += _cut(part, lengths, batch_size, max_tokens)
+    rng.shuffle(batches)
+    return batches
+
+
+def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Share of positions that would be padding when each batch is padded to its longest example."""
+    positions = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1.0 - real / positions if positions else 0.0
+
+
+def pad_collate(pad_token_id: int, *, pad_to_multiple_of: int | None = None) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+    """Collate examples ``{"input_ids": [...], "labels": [...]?}`` into right-padded tensors.
+
+    Returns ``input_ids`` (padded with ``pad_token_id``), ``attention_mask`` and, when the
+    examples have them, ``labels`` (padded with -100, the ignored label).
+    """
+
+    def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(ex["input_ids"]) for ex in examples)
+        if pad_to_multiple_of:
+            longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+        ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), longest), dtype=torch.long)
+        has_labels = "labels" in examples[0]
+        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long) if has_labels else None
+        for row, ex in enumerate(examples):
+            n = len(ex["input_ids"])
+            ids[row, :n] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+            mask[row, :n] = 1
+            if labels is not None:
+                labels[row, :n] = torch.as_tensor(ex["labels"], dtype=torch.long)
+        out = {"input_ids": ids, "attention_mask": mask}
+        if labels is not None:
+            out["labels"] = labels
+        return out
+
+    return collate

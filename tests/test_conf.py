@@ -50,6 +50,13 @@ def test_primary_config_composes(primary: str) -> None:
 def test_group_option_composes(rel: Path) -> None:
     group = str(rel.parent).replace("\\", "/")
     option = rel.stem
+    if group.startswith("hydra/"):  # Hydra's own groups (hydra/launcher): override its default, read cfg.hydra
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            cfg = compose(config_name=PRIMARIES[0], overrides=[f"{group}={option}"], return_hydra_config=True)
+        node = OmegaConf.select(cfg, group.replace("/", "."))
+        assert node is not None, f"{rel} did not land under '{group}'"
+        OmegaConf.to_container(node, resolve=True)
+        return
     primary, has_group = _primary_with_group(group.split("/")[0])
     overrides = [f"{group}={option}" if has_group else f"+{group}={option}"]
     overrides += _overrides_for_missing(overrides, primary)

@@ -10,9 +10,5 @@ def _not_yet(name: str, what: str) -> None:
     raise SystemExit(1)
 
 
-def sweep() -> None:
-    _not_yet("prm-sweep", "compute-vs-accuracy sweeps")
-
-
 def rl() -> None:
     _not_yet("prm-rl", "RL with process rewards")

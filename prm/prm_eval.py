@@ -133,15 +133,17 @@ def selection_eval(examples: Sequence[StepwiseExample], scores: list[list[float]
     """Best-of-N curves when the scorer ranks each problem's pre-sampled solutions, by difficulty."""
     problems: list[SampledProblem] = []
     difficulty: list[Any] = []
+    likelihood = all(ex.extra.get("logprob") is not None for ex in examples)
+    exact = all(None not in ex.labels for ex in examples)  # the oracle ranking: exact labels everywhere
     for idx in groups.values():
         exs = [examples[i] for i in idx]
         if any("correct" not in ex.extra for ex in exs):
             return {"skipped": "solutions without a 'correct' field (not sampled solutions)"}
         extra: dict[str, list[float]] = {}
-        if all(ex.extra.get("logprob") is not None for ex in exs):
+        if likelihood:
             extra["likelihood"] = [float(ex.extra["logprob"]) for ex in exs]
-        if all(ex.labels and None not in ex.labels for ex in exs):
-            extra["oracle"] = [min(ex.labels) for ex in exs]  # type: ignore[type-var]
+        if exact:  # min over exact labels; a solution with no step is not on track
+            extra["oracle"] = [min(ex.labels, default=0.0) for ex in exs]  # type: ignore[type-var]
         problems.append(SampledProblem(
             scores=[aggregate(scores[i], aggregation) for i in idx],
             answers=[ex.extra.get("given_answer") for ex in exs],

@@ -30,3 +30,8 @@ def stage_done(stage_dir: str | Path, config: dict[str, Any]) -> bool:
 def mark_stage_done(stage_dir: str | Path, config: dict[str, Any], **info: Any) -> None:
     """Record that the stage finished with this config (call after all its outputs are written)."""
     write_json(Path(stage_dir) / MARKER, {"config": config, **info})
+
+
+def stage_info(stage_dir: str | Path) -> dict[str, Any]:
+    """What ``mark_stage_done`` recorded for a finished stage."""
+    return json.loads((Path(stage_dir) / MARKER).read_text())

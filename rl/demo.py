@@ -1,58 +1,102 @@
 """``prm-demo``: the end-to-end job on the arithmetic world, every stage cached in its run directory.
 
-Stages so far: generate the world's problems with solutions carrying injected errors, label every
-step exactly, and print the dataset's statistics. Later issues add policy SFT, sampling, PRM
-training and evaluation, and the search sweep. Re-running reuses what is already in ``run_dir``.
+Stages (each the same code as its own entry point, run in-process on a composed config):
+
+1. ``sft``        train the policy from scratch on solutions with injected errors (``prm-sft``)
+2. ``prm_data``   sample k solutions per training problem and label every step exactly (``prm-sample``)
+3. ``test``       sample 16 solutions per held-out problem: the policy's own accuracy table
+4. ``prm``        train the PRM from the policy's backbone (``prm-train``)
+5. ``eval_*``     evaluate the PRM, the exact oracle and the policy-likelihood reranker (``prm-eval``)
+6. ``sweep``      greedy, majority, best-of-N, weighted best-of-N, beam and lookahead at budgets up to 64
+                  (``prm-sweep``)
+7. ``report.md``  the tables and plots
+
+A stage whose config is unchanged is reused (``prm.runs``); an interrupted stage resumes where
+its own entry point does. The world's knobs are the ``data`` group's (``conf/data/arith.yaml``)
+and reach every stage from here, so one override changes the whole pipeline.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from prm.data.arith import ARITH_FORMAT, ArithConfig, generate_dataset
-from prm.data.stats import dataset_stats, format_stats
-from prm.data.stepwise import read_stepwise, write_stepwise
-from prm.io import write_json
-from prm.runs import mark_stage_done, stage_done
-from prm.steps import StepFormat
+from prm.runs import mark_stage_done, stage_done, stage_info
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def stage_data(cfg: DictConfig, run_dir: Path) -> Path:
-    """Generate and label the arithmetic-world training data; reused while ``data`` config is unchanged."""
-    stage_dir = run_dir / "data"
-    out = stage_dir / "train.jsonl"
-    data_cfg: dict[str, Any] = OmegaConf.to_container(cfg.data, resolve=True)  # type: ignore[assignment]
-    if stage_done(stage_dir, data_cfg) and out.exists():
-        print(f"[data] reusing {out}")
-        return out
-    fmt = ARITH_FORMAT if cfg.data.format == "plain" else StepFormat(style="tagged")
-    examples = generate_dataset(
-        cfg.data.n_problems, ArithConfig.from_dict(OmegaConf.to_container(cfg.data.world, resolve=True)), cfg.data.seed,
-        samples_per_problem=cfg.data.samples_per_problem, fmt=fmt,
-    )
-    write_stepwise(out, examples)
-    mark_stage_done(stage_dir, data_cfg, records=len(examples))
-    print(f"[data] wrote {len(examples)} labelled solutions to {out}")
-    return out
+def world_overrides(cfg: DictConfig) -> list[str]:
+    """``data.world.*`` overrides that carry this run's world to every stage."""
+    world = OmegaConf.to_container(cfg.data.world, resolve=True)
+    assert isinstance(world, dict)
+    return [f"data.world.{k}={_override_value(v)}" for k, v in world.items()]
+
+
+def _override_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(f"'{x}'" for x in v) + "]"
+    return str(v)
+
+
+def run_stage(name: str, config_name: str, overrides: list[str], fn: Callable[[DictConfig], dict[str, Any]],
+              run_dir: Path) -> dict[str, Any]:
+    """Compose a stage's config, run it unless an identical run finished, return its summary."""
+    stage_dir = run_dir / name
+    cfg = compose(config_name=config_name, overrides=[f"run_dir={stage_dir}", *overrides])
+    key = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(key, dict)
+    key.pop("progress", None)
+    if stage_done(stage_dir, key):
+        print(f"[demo] {name}: reusing {stage_dir}")
+        return stage_info(stage_dir)["summary"]
+    print(f"[demo] {name}: running ({config_name}) in {stage_dir}")
+    t0 = time.perf_counter()
+    summary = fn(cfg)
+    mark_stage_done(stage_dir, key, summary=summary, wall_time_s=time.perf_counter() - t0)
+    return summary
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="demo")
 def main(cfg: DictConfig) -> None:
+    from prm import prm_eval, prm_train
+    from rl.report import write_report
+    from rl import sft
+    from search import sample, sweep
+
     if cfg.data.source != "arith":
         raise SystemExit(f"prm-demo runs on the arithmetic world (data=arith), got data.source={cfg.data.source!r}")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data_path = stage_data(cfg, run_dir)
-    stats = dataset_stats(read_stepwise(data_path))
-    print(format_stats(stats))
-    write_json(run_dir / "summary.json", {"data": stats})
-    print(f"[demo] summary written to {run_dir / 'summary.json'}")
+    world = world_overrides(cfg)
+    s = cfg.stages
+    t0 = time.perf_counter()
+    summaries: dict[str, Any] = {}
+    summaries["sft"] = run_stage("sft", "sft", [*world, *s.sft], sft.run, run_dir)
+    policy = str(run_dir / "sft" / "model")
+    summaries["prm_data"] = run_stage("prm_data", "sample", [*world, f"policy={policy}", *s.prm_data], sample.run, run_dir)
+    summaries["test"] = run_stage("test", "sample", [*world, f"policy={policy}", *s.test], sample.run, run_dir)
+    summaries["prm"] = run_stage("prm", "prm_train", [
+        f"init_from={policy}", f"data.path={run_dir / 'prm_data' / 'samples.jsonl'}", *s.prm], prm_train.run, run_dir)
+    prm_model = str(run_dir / "prm" / "model")
+    test_samples = f"data.path={run_dir / 'test' / 'samples.jsonl'}"
+    summaries["eval_prm"] = run_stage("eval_prm", "prm_eval", [
+        f"scorer.model_or_path={prm_model}", test_samples, *s.eval], prm_eval.run, run_dir)
+    summaries["eval_oracle"] = run_stage("eval_oracle", "prm_eval", [
+        "scorer=oracle", f"scorer.modulus={_override_value(cfg.data.world.modulus)}", test_samples, *s.eval],
+        prm_eval.run, run_dir)
+    summaries["sweep"] = run_stage("sweep", "sweep", [
+        *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.sweep], sweep.run, run_dir)
+    report = write_report(run_dir, summaries, cfg)
+    print(f"[demo] done in {time.perf_counter() - t0:.0f} s; report: {report}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import PRM800K_SAMPLE, REPO
+from conftest import PRM800K_SAMPLE
 from prm.cli.data import main
 from prm.data.arith import generate_problems
 from prm.data.problems import read_problems
@@ -101,25 +99,3 @@ def test_convert_skip_invalid_counts_skipped_lines(tmp_path: Path, capsys: pytes
     assert main(["convert", str(broken), str(out), "--skip-invalid"]) == 0
     assert "skipped 1 invalid line(s)" in capsys.readouterr().err
     assert len(read_stepwise(out)) == 2
-
-
-def _demo(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "prm.cli.demo", f"run_dir={run_dir}", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-
-
-def test_demo_generates_then_reuses_its_data(tmp_path: Path) -> None:
-    run = tmp_path / "demo"
-    first = _demo(run, "data.n_problems=60")
-    assert first.returncode == 0, first.stderr
-    assert "[data] wrote 60 labelled solutions" in first.stdout
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["data"]["records"] == 60
-    second = _demo(run, "data.n_problems=60")
-    assert "[data] reusing" in second.stdout
-    changed = _demo(run, "data.n_problems=70")
-    assert "[data] wrote 70 labelled solutions" in changed.stdout
-    typo = _demo(run, "data.n_problemz=3")
-    assert typo.returncode != 0 and "n_problemz" in typo.stderr

@@ -17,6 +17,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTra
 from prm.models.tokenizer import build_char_tokenizer
 
 
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from a config string (fp32, bf16, fp16 or their long names) or a dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (one of {sorted(DTYPES)})")
+    return DTYPES[dtype]
+
+
 class ModelLoadError(ValueError):
     """A model or tokenizer could not be loaded; the message says which path and why."""
 
@@ -106,9 +121,7 @@ def load_causal_lm(
     saved beside it (or ``tokenizer`` if given). Without: the character tokenizer (or ``tokenizer``)
     and a tiny GPT of ``size``.
     """
-    if isinstance(dtype, str):
-        dtype = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[dtype]
+    dtype = as_dtype(dtype)
     if path is None:
         tok = tokenizer or build_char_tokenizer()
         return build_tiny_gpt(tok, size, seed=seed).to(dtype), tok

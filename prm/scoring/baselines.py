@@ -37,7 +37,7 @@ from prm.data.arith import Problem, parse_int, parse_step
 from prm.grading import grade_answer
 from prm.models.loading import load_causal_lm
 from prm.scoring.base import ScorerBase, Timer, check_score_args
-from prm.scoring.prm_scorer import as_dtype
+from prm.models.loading import as_dtype
 from prm.steps import REASONING_CLOSE, StepFormat, is_answer_step, policy_prompt, solution_prefix, split_solution
 
 

@@ -40,23 +40,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.models.loading import ModelLoadError, check_model_dir, load_causal_lm, load_tokenizer
+from prm.models.loading import ModelLoadError, as_dtype, check_model_dir, load_causal_lm, load_tokenizer
 from prm.models.prm_inputs import EncodedSteps
 from prm.models.prm_model import load_prm
 from prm.scoring.base import Prefix, ScorerBase, Timer, check_extend_args, check_score_args
 from prm.scoring.conventions import Convention, StepReader
-
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
-
-
-def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r} (one of {sorted(_DTYPES)})")
-    return _DTYPES[dtype]
-
 
 def load_scoring_model(path: str | Path, kind: str, dtype: torch.dtype = torch.float32,
                        trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -367,4 +355,4 @@ class PRMScorer(ScorerBase):
             self.model.train(was_training)
 
 
-__all__ = ["PRMScorer", "as_dtype", "common_prefix", "load_scoring_model"]
+__all__ = ["PRMScorer", "common_prefix", "load_scoring_model"]

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.models.loading import load_causal_lm
+from prm.models.loading import as_dtype, load_causal_lm
 from search.generation.base import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -42,18 +42,6 @@ from search.generation.base import (
     check_generate_args,
     cut_at_stop,
 )
-
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
-
-
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r} (one of {sorted(_DTYPES)})")
-    return _DTYPES[dtype]
-
 
 def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
@@ -123,11 +111,11 @@ class HFGenerator:
         if model_or_path is None:
             raise ValueError("HFGenerator needs a model or a model directory (got None)")
         if isinstance(model_or_path, (str, Path)):
-            model, tokenizer = load_causal_lm(model_or_path, tokenizer=tokenizer, dtype=_dtype(dtype or "fp32"))
+            model, tokenizer = load_causal_lm(model_or_path, tokenizer=tokenizer, dtype=as_dtype(dtype or "fp32"))
         else:
             if tokenizer is None:
                 raise ValueError("HFGenerator: pass the tokenizer together with a loaded model")
-            model = model_or_path.to(_dtype(dtype)) if dtype is not None else model_or_path
+            model = model_or_path.to(as_dtype(dtype)) if dtype is not None else model_or_path
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         if not 0.0 <= compact_fraction < 1.0:

@@ -132,12 +132,17 @@ def budgets(sweep: Mapping[str, Any]) -> list[int]:
 def fit_budget(node: Mapping[str, Any], n: int, invalid: str) -> tuple[dict[str, Any], str, bool]:
     """The search config of ``node`` at budget ``n``, a note, and whether the cell is skipped.
 
+    A strategy node may cap its budgets with ``max_n`` (larger ones are skipped).
     Strategies with a beam width ``m`` need ``n % m == 0``: ``invalid="skip"`` skips the cell,
     ``"clamp"`` lowers ``m`` to the largest divisor of ``n`` not above it. Anything else the strategy
     rejects raises.
     """
     if invalid not in ("skip", "clamp"):
         raise ValueError(f"sweep.invalid must be skip or clamp (got {invalid!r})")
+    node = dict(node)
+    cap = node.pop("max_n", None)  # a strategy too costly at large budgets stops at its own max_n
+    if cap is not None and n > int(cap):
+        return {**node, "n": n}, f"skipped: n={n} > this strategy's max_n={cap}", True
     out, note = {**node, "n": n}, ""
     m = out.get("m")
     if isinstance(m, int) and m >= 1 and n % m:

@@ -385,3 +385,13 @@ def test_cells_name_their_directories() -> None:
     assert Cell("beam", 16, 2).name == "beam-N16-s2"
     assert Cell("x", 1, 0, dirname="custom").name == "custom"
     assert os.sep not in Cell("a.b+c-d", 4, 0).name
+
+
+def test_a_strategy_can_cap_its_budgets() -> None:
+    from search.sweep import fit_budget
+
+    node = {"preset": "lookahead", "m": 4, "rollout_steps": 1, "max_n": 16}
+    _, note, skipped = fit_budget({k: v for k, v in node.items() if k != "preset"}, 64, "skip")
+    assert skipped and "max_n=16" in note
+    search, note, skipped = fit_budget({"name": "lookahead", "m": 4, "rollout_steps": 1, "max_n": 16}, 16, "skip")
+    assert not skipped and note == "" and "max_n" not in search and search["n"] == 16

@@ -41,10 +41,22 @@ def encode_steps(
 ) -> EncodedSteps:
     """Tokenize ``prompt`` + ``steps`` and locate each step's label token (see the module docstring)."""
     text, end_chars = scoring_text(prompt, steps, fmt)
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    return encode_text(tokenizer, text, end_chars, len(steps), max_length)
+
+
+def encode_text(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    end_chars: Sequence[int],
+    total_steps: int,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
+) -> EncodedSteps:
+    """Tokenize a built scoring text and map each step's end character to its token; cut at ``max_length``."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
     ids: list[int] = list(enc["input_ids"])
     positions = step_end_token_indices(enc["offset_mapping"], end_chars) if end_chars else []
     if max_length is not None and len(ids) > max_length:
         ids = ids[:max_length]
         positions = [p for p in positions if p < max_length]
-    return EncodedSteps(input_ids=ids, positions=positions, kept=len(positions), total_steps=len(steps))
+    return EncodedSteps(input_ids=ids, positions=positions, kept=len(positions), total_steps=total_steps)

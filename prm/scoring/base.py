@@ -28,9 +28,10 @@ Every scorer counts its compute in ``stats`` (``ScorerStats``): tokens run throu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -180,6 +181,20 @@ class ScorerBase:
         scores = self.score([p.problem for p in parents], [[[*p.steps, s]] for p, s in zip(parents, new_steps)])
         out = [rows[0][-1] for rows in scores]
         return out, [p.child(s, v) for p, s, v in zip(parents, new_steps, out)]
+
+
+@contextlib.contextmanager
+def eval_inference(model: Any) -> Iterator[None]:
+    """Run ``model`` in eval mode under ``torch.inference_mode``, restoring its training flag after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 class Timer:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from prm.data.arith import Problem, parse_int, parse_step
 from prm.grading import grade_answer
 from prm.models.loading import load_causal_lm
-from prm.scoring.base import ScorerBase, Timer, check_score_args
+from prm.scoring.base import ScorerBase, Timer, check_score_args, eval_inference
 from prm.models.loading import as_dtype
 from prm.steps import REASONING_CLOSE, StepFormat, is_answer_step, policy_prompt, solution_prefix, split_solution
 
@@ -261,15 +261,8 @@ class LikelihoodScorer(ScorerBase):
         lp = torch.cat([lp.new_zeros((len(seqs), 1)), lp], dim=1).cpu()
         return [lp[r, : len(s)] for r, s in enumerate(seqs)]
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.model.train(was_training)
+    def _inference(self) -> contextlib.AbstractContextManager[None]:
+        return eval_inference(self.model)
 
 
 __all__ = ["LikelihoodScorer", "OracleScorer", "OutcomeScorer", "RandomScorer", "oracle_labels"]

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.models.prm_inputs import EncodedSteps, encode_steps
+from prm.models.prm_inputs import EncodedSteps, encode_steps, encode_text
 from prm.models.prm_model import token_logits
-from prm.steps import StepFormat, step_end_token_indices
+from prm.steps import StepFormat
 
 CONVENTIONS: tuple[str, ...] = ("token_head", "lm_tag", "two_class")
 
@@ -112,13 +112,7 @@ def encode(conv: Convention, tokenizer: PreTrainedTokenizerBase, prompt: str, st
     if conv.kind == "token_head":
         return encode_steps(tokenizer, prompt, steps, conv.fmt, max_length)
     text, end_chars = tagged_text(conv, prompt, steps, tokenizer)
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not conv.chat_template)
-    ids: list[int] = list(enc["input_ids"])
-    positions = step_end_token_indices(enc["offset_mapping"], end_chars) if end_chars else []
-    if max_length is not None and len(ids) > max_length:
-        ids = ids[:max_length]
-        positions = [p for p in positions if p < max_length]
-    return EncodedSteps(input_ids=ids, positions=positions, kept=len(positions), total_steps=len(steps))
+    return encode_text(tokenizer, text, end_chars, len(steps), max_length, add_special_tokens=not conv.chat_template)
 
 
 def _token_id(tokenizer: PreTrainedTokenizerBase, text: str, given: int | None, what: str) -> int:

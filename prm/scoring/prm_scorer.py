@@ -43,7 +43,7 @@ from transformers import AutoModel, DynamicCache, PreTrainedModel, PreTrainedTok
 from prm.models.loading import ModelLoadError, as_dtype, check_model_dir, load_causal_lm, load_tokenizer
 from prm.models.prm_inputs import EncodedSteps
 from prm.models.prm_model import load_prm
-from prm.scoring.base import Prefix, ScorerBase, Timer, check_extend_args, check_score_args
+from prm.scoring.base import Prefix, ScorerBase, Timer, check_extend_args, check_score_args, eval_inference
 from prm.scoring.conventions import Convention, StepReader
 
 def load_scoring_model(path: str | Path, kind: str, dtype: torch.dtype = torch.float32,
@@ -344,15 +344,8 @@ class PRMScorer(ScorerBase):
                     dst[li][idx, :, past - row.reuse :] = whole.unsqueeze(0).expand(len(members), *whole.shape)
         return DynamicCache(ddp_cache_data=list(zip(keys, values)))
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self.model.train(was_training)
+    def _inference(self) -> contextlib.AbstractContextManager[None]:
+        return eval_inference(self.model)
 
 
 __all__ = ["PRMScorer", "common_prefix", "load_scoring_model"]

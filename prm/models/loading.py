@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -132,6 +133,29 @@ def load_causal_lm(
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load a causal LM from {p}: {e}") from e
     return model, tok
+
+
+def model_and_tokenizer(
+    owner: str,
+    model_or_path: Any,
+    tokenizer: PreTrainedTokenizerBase | None,
+    dtype: str | torch.dtype | None,
+    load: Callable[[Path, torch.dtype], tuple[PreTrainedModel, PreTrainedTokenizerBase]],
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A loaded model with its tokenizer, or ``load(path, dtype)`` for a model directory.
+
+    ``dtype`` None keeps a loaded model's dtype (fp32 when loading). A directory's own tokenizer
+    is used unless ``tokenizer`` is given; a loaded model needs its tokenizer passed with it.
+    ``owner`` names the caller in the errors.
+    """
+    if model_or_path is None:
+        raise ValueError(f"{owner} needs a model or a model directory (got None)")
+    if isinstance(model_or_path, (str, Path)):
+        model, tok = load(Path(model_or_path), as_dtype(dtype or "fp32"))
+        return model, tokenizer or tok
+    if tokenizer is None:
+        raise ValueError(f"{owner}: pass the tokenizer together with a loaded model")
+    return (model_or_path.to(as_dtype(dtype)) if dtype is not None else model_or_path), tokenizer
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:

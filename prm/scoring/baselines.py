@@ -35,9 +35,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.data.arith import Problem, parse_int, parse_step
 from prm.grading import grade_answer
-from prm.models.loading import load_causal_lm
+from prm.models.loading import load_causal_lm, model_and_tokenizer
 from prm.scoring.base import ScorerBase, Timer, check_score_args, eval_inference
-from prm.models.loading import as_dtype
 from prm.steps import REASONING_CLOSE, StepFormat, is_answer_step, policy_prompt, solution_prefix, split_solution
 
 
@@ -186,13 +185,8 @@ class LikelihoodScorer(ScorerBase):
         super().__init__(aggregation)
         if model_or_path is None:
             raise ValueError("LikelihoodScorer needs the policy: a causal LM or its model directory (got None)")
-        if isinstance(model_or_path, (str, Path)):
-            model, tok = load_causal_lm(model_or_path, dtype=as_dtype(dtype or "fp32"))
-            tokenizer = tokenizer or tok
-        else:
-            if tokenizer is None:
-                raise ValueError("LikelihoodScorer: pass the tokenizer together with a loaded model")
-            model = model_or_path.to(as_dtype(dtype)) if dtype is not None else model_or_path
+        model, tokenizer = model_and_tokenizer(
+            "LikelihoodScorer", model_or_path, tokenizer, dtype, lambda path, dt: load_causal_lm(path, dtype=dt))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self.fmt = _fmt(style, separator)

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.models.loading import ModelLoadError, as_dtype, check_model_dir, load_causal_lm, load_tokenizer
+from prm.models.loading import ModelLoadError, check_model_dir, load_causal_lm, load_tokenizer, model_and_tokenizer
 from prm.models.prm_inputs import EncodedSteps
 from prm.models.prm_model import load_prm
 from prm.scoring.base import Prefix, ScorerBase, Timer, check_extend_args, check_score_args, eval_inference
@@ -168,15 +168,9 @@ class PRMScorer(ScorerBase):
             convention, separator=separator, tag=tag, step_sep=step_sep, prompt_sep=prompt_sep,
             good_token=good_token, bad_token=bad_token, good_token_id=good_token_id, bad_token_id=bad_token_id,
             chat_template=chat_template, system_prompt=system_prompt)
-        if model_or_path is None:
-            raise ValueError("PRMScorer needs a model or a model directory (got None)")
-        if isinstance(model_or_path, (str, Path)):
-            model, tok = load_scoring_model(model_or_path, conv.kind, as_dtype(dtype or "fp32"), trust_remote_code)
-            tokenizer = tokenizer or tok
-        else:
-            if tokenizer is None:
-                raise ValueError("PRMScorer: pass the tokenizer together with a loaded model")
-            model = model_or_path.to(as_dtype(dtype)) if dtype is not None else model_or_path
+        model, tokenizer = model_and_tokenizer(
+            "PRMScorer", model_or_path, tokenizer, dtype,
+            lambda path, dt: load_scoring_model(path, conv.kind, dt, trust_remote_code))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         if not 0.0 <= truncated_score <= 1.0:

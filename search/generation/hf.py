@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.models.loading import as_dtype, load_causal_lm
+from prm.models.loading import load_causal_lm, model_and_tokenizer
 from search.generation.base import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -108,14 +108,9 @@ class HFGenerator:
         add_special_tokens: bool = True,
         compact_fraction: float = 0.1,
     ) -> None:
-        if model_or_path is None:
-            raise ValueError("HFGenerator needs a model or a model directory (got None)")
-        if isinstance(model_or_path, (str, Path)):
-            model, tokenizer = load_causal_lm(model_or_path, tokenizer=tokenizer, dtype=as_dtype(dtype or "fp32"))
-        else:
-            if tokenizer is None:
-                raise ValueError("HFGenerator: pass the tokenizer together with a loaded model")
-            model = model_or_path.to(as_dtype(dtype)) if dtype is not None else model_or_path
+        model, tokenizer = model_and_tokenizer(
+            "HFGenerator", model_or_path, tokenizer, dtype,
+            lambda path, dt: load_causal_lm(path, tokenizer=tokenizer, dtype=dt))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         if not 0.0 <= compact_fraction < 1.0:

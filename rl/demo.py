@@ -6,7 +6,8 @@ Stages (each the same code as its own entry point, run in-process on a composed 
 2. ``prm_data``   sample k solutions per training problem and label every step exactly (``prm-sample``)
 3. ``test``       sample 16 solutions per held-out problem: the policy's own accuracy table
 4. ``prm``        train the PRM from the policy's backbone (``prm-train``)
-5. ``eval_*``     evaluate the PRM, the exact oracle and the policy-likelihood reranker (``prm-eval``)
+5. ``eval_*``     evaluate the PRM, the exact oracle and the policy-likelihood reranker (``prm-eval``),
+                  and which kinds of first error (systematic, slip, ...) the PRM and the likelihood catch
 6. ``sweep``      greedy, majority, best-of-N, weighted best-of-N, beam and lookahead at budgets up to 64
                   (``prm-sweep``)
 7. ``report.md``  the tables and plots
@@ -18,6 +19,7 @@ and reach every stage from here, so one override changes the whole pipeline.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +67,22 @@ def run_stage(name: str, config_name: str, overrides: list[str], fn: Callable[[D
     return summary
 
 
+def error_kinds(run_dir: Path, cfg: DictConfig, evals: dict[str, str]) -> dict[str, Any]:
+    """First-error steps of the held-out samples by kind, per scorer (``prm.evaluation.error_kinds``)."""
+    from prm.data.arith import ArithConfig
+    from prm.data.stepwise import read_stepwise
+    from prm.evaluation.error_kinds import first_errors_by_kind
+
+    world = ArithConfig.from_dict(OmegaConf.to_container(cfg.data.world, resolve=True))
+    examples = read_stepwise(run_dir / "test" / "samples.jsonl")
+    out: dict[str, Any] = {}
+    for name, stage in evals.items():
+        with (run_dir / stage / "scores.jsonl").open(encoding="utf-8") as f:
+            scores = [json.loads(line)["step_scores"] for line in f]
+        out[name] = first_errors_by_kind(examples, scores, world)
+    return out
+
+
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="demo")
 def main(cfg: DictConfig) -> None:
     from prm import prm_eval, prm_train
@@ -93,6 +111,9 @@ def main(cfg: DictConfig) -> None:
     summaries["eval_oracle"] = run_stage("eval_oracle", "prm_eval", [
         "scorer=oracle", f"scorer.modulus={_override_value(cfg.data.world.modulus)}", test_samples, *s.eval],
         prm_eval.run, run_dir)
+    summaries["eval_likelihood"] = run_stage("eval_likelihood", "prm_eval", [
+        "scorer=likelihood", f"scorer.model_or_path={policy}", test_samples, *s.eval], prm_eval.run, run_dir)
+    summaries["error_kinds"] = error_kinds(run_dir, cfg, {"PRM": "eval_prm", "likelihood": "eval_likelihood"})
     summaries["sweep"] = run_stage("sweep", "sweep", [
         *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.sweep], sweep.run, run_dir)
     report = write_report(run_dir, summaries, cfg)

@@ -39,6 +39,27 @@ def prm_table(evals: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def error_kind_table(kinds: dict[str, dict[str, Any]]) -> list[str]:
+    """Per kind of first error: how many, and each scorer's AUROC against right steps (mean score)."""
+    names = list(kinds)
+    order: list[str] = []
+    for k in kinds.values():
+        order += [kind for kind in k["kinds"] if kind not in order]
+    lines = ["| first error | steps | " + " | ".join(f"{n} AUROC (mean score)" for n in names) + " |",
+             "|---" * (len(names) + 2) + "|"]
+    first = next(iter(kinds.values()), {"right_steps": 0})
+    lines.append(f"| (right steps) | {first['right_steps']} | "
+                 + " | ".join(f"- ({_f(kinds[n].get('mean_right_score'))})" for n in names) + " |")
+    for kind in order:
+        cells = []
+        for n in names:
+            k = kinds[n]["kinds"].get(kind)
+            cells.append(f"{_f(k['auroc'])} ({_f(k['mean_score'])})" if k else "n/a")
+        count = next(kinds[n]["kinds"][kind]["n"] for n in names if kind in kinds[n]["kinds"])
+        lines.append(f"| {kind} | {count} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def selection_table(sel: dict[str, Any]) -> list[str]:
     """Best-of-N accuracy (pre-sampled solutions) by method and N, by difficulty."""
     lines: list[str] = []
@@ -90,7 +111,13 @@ def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> P
         "## PRM", "",
         f"Trained from the policy's backbone on {summaries['prm'].get('n_train', 'n/a')} labelled samples; "
         f"validation step AUROC {_f(summaries['prm'].get('val_step_auroc'))}.", "",
-        *prm_table({"PRM": summaries["eval_prm"], "oracle (exact labels)": summaries["eval_oracle"]}), "",
+        *prm_table({"PRM": summaries["eval_prm"], "policy likelihood": summaries["eval_likelihood"],
+                    "oracle (exact labels)": summaries["eval_oracle"]}), "",
+        "### What each scorer catches: first-error steps by kind", "",
+        "AUROC of the score at each kind's first-error steps against every right step with right steps "
+        "before it: the policy's likelihood spots random slips, the PRM must add the systematic mistakes "
+        "the policy makes confidently.", "",
+        *error_kind_table(summaries["error_kinds"]), "",
         "### Best-of-N over the held-out samples (PRM ranking, majority, weighted majority, likelihood, oracle)", "",
         *selection_table(summaries["eval_prm"]["selection"]), "",
         "## Search sweep", "",

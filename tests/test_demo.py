@@ -32,12 +32,13 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
     first = _demo(run)
     assert first.returncode == 0, first.stderr[-3000:]
     report = (run / "report.md").read_text()
-    for section in ("## Policy", "## PRM", "## Search sweep", "| majority@4 |", "within-problem AUROC"):
+    for section in ("## Policy", "## PRM", "## Search sweep", "| majority@4 |", "within-problem AUROC",
+                    "| policy likelihood |", "### What each scorer catches", "| (right steps) |"):
         assert section in report
     assert (run / "sweep" / "sweep.csv").exists() and (run / "prm" / "model" / "config.json").exists()
     second = _demo(run)
     assert second.returncode == 0, second.stderr[-3000:]
-    for stage in ("sft", "prm_data", "test", "prm", "eval_prm", "eval_oracle", "sweep"):
+    for stage in ("sft", "prm_data", "test", "prm", "eval_prm", "eval_oracle", "eval_likelihood", "sweep"):
         assert f"[demo] {stage}: reusing" in second.stdout
     typo = _demo(run, "stages.nope=[]")
     assert typo.returncode != 0 and "nope" in typo.stderr

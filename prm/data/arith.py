@@ -248,6 +248,11 @@ def _facts(cfg: ArithConfig) -> dict[tuple[int, str, int], int]:
     return out
 
 
+def _facts_for(problem: Problem, cfg: ArithConfig) -> dict[tuple[int, str, int], int]:
+    """The world's systematic facts when the problem lives in that world (same modulus), else none."""
+    return _facts(cfg) if problem.modulus is not None and problem.modulus == cfg.modulus else {}
+
+
 def systematic_facts(cfg: ArithConfig) -> dict[tuple[int, str, int], int]:
     """The facts ``(left, op, right)`` the policy gets wrong, each with its fixed wrong result.
 
@@ -288,7 +293,7 @@ def _slip(true: int, problem: Problem, cfg: ArithConfig, rng: random.Random) -> 
 
 def sample_injected(problem: Problem, cfg: ArithConfig, rng: random.Random) -> InjectedSolution:
     """One training solution with injected errors, propagated consistently to later steps."""
-    facts = _facts(cfg) if problem.modulus is not None and problem.modulus == cfg.modulus else {}
+    facts = _facts_for(problem, cfg)
     v = problem.start
     steps: list[str] = []
     results: list[int] = []
@@ -361,6 +366,32 @@ def _label_parsed(problem: Problem, parsed: ParsedSolution) -> ArithLabel:
 def label_solution(problem: Problem, text: str, fmt: StepFormat = ARITH_FORMAT) -> ArithLabel:
     """Label any text exactly (never raises): 1.0 while every step so far is exactly right."""
     return _label_parsed(problem, split_solution(text, fmt))
+
+
+ERROR_KINDS: tuple[str, ...] = ("systematic", "slip", "copy", "malformed", "extra")
+"""Kinds of a wrong step (``step_error_kind``), in report order."""
+
+
+def step_error_kind(problem: Problem, step: str, index: int, cfg: ArithConfig) -> str:
+    """Why step ``index`` of a solution whose earlier steps are right is wrong (see ``ERROR_KINDS``).
+
+    ``extra``: a step past the problem's last operation; ``malformed``: not ``left op right=result``;
+    ``copy``: the left value or the operation is not the problem's; ``systematic``: the result is the
+    fixed wrong result of one of the world's systematic facts; ``slip``: any other wrong result.
+    Raises ValueError when the step is right.
+    """
+    if index >= len(problem.ops):
+        return "extra"
+    got = parse_step(step)
+    if got is None:
+        return "malformed"
+    left, op, right, result = got
+    if (left, op, right) != (problem.values[index], *problem.ops[index]):
+        return "copy"
+    if result == problem.values[index + 1]:
+        raise ValueError(f"step {index} ({step!r}) of {problem.id!r} is right: it has no error kind")
+    facts = _facts_for(problem, cfg)
+    return "systematic" if facts.get((left, op, right)) == result else "slip"
 
 
 def to_stepwise(problem: Problem, text: str, fmt: StepFormat = ARITH_FORMAT, **extra: Any) -> StepwiseExample:

@@ -1,0 +1,377 @@
+"""Our PRM trainer (``prm-train``) against TRL's ``PRMTrainer`` on the same data, backbone and steps.
+
+Workload: the arithmetic world (``ArithConfig()`` unless changed) gives ``--train-problems``
+exactly labelled solutions with injected errors (written as stepwise JSONL, read back by both
+trainers) and ``--eval-problems`` held-out ones from another seed. ONE tiny GPT-2 backbone (our
+character tokenizer, ``TinyGPTConfig`` sizes, seeded) is saved to a temporary directory, or
+``--backbone DIR`` (e.g. the policy, ``runs/sft/model``) is used; both trainers start from it with a
+fresh token-classification head:
+
+- ``ours``: ``prm.prm_train.run`` composed with Hydra overrides (``data=stepwise``, ``init_from``,
+  no validation split, no periodic eval or checkpoint; the loop still writes one final checkpoint
+  and the model, which only the ``call s`` column pays for). One logit per token, BCE at the token
+  of the separator after each step, length-bucketed batches.
+- ``trl``: ``trl.experimental.prm.PRMTrainer`` (up to TRL 1.13; older releases export it as
+  ``trl.PRMTrainer``; TRL 1.14.2 and 1.16 no longer have it) with ``PRMConfig``: the same
+  max_steps, batch size, lr, warm-up, cosine-to-10% schedule (``cosine_warmup_with_min_lr``),
+  AdamW betas (0.9, 0.95), weight decay 0.1, clipping 1.0, fp32, no gradient checkpointing
+  (PRMConfig turns it on by default: see ``--extra trl-gradckpt``), no saving, no eval, CPU. Two
+  logits per token (``num_labels=2``), cross-entropy at TRL's label positions (its own
+  ``PRMTrainer.tokenize_row``), plain shuffled batches (``--extra trl-grouped``: length-grouped).
+
+Both are scored on the same held-out examples, ours by ``sigmoid(logit)`` at ``encode_steps``
+positions (what ``prm-train``'s validation and the scorer read), TRL's by
+``softmax(logits)[..., 1]`` at the positions of its ``tokenize_row`` labels: step AUROC over every
+labelled step, and local AUROC (``prm.evaluation.metrics.local_auroc``: only steps whose earlier
+steps are right, i.e. can it check one step). The header gives both for a score that is just the
+step's index (later steps are more often wrong): a PRM at that level learned the position, not
+the arithmetic. The script also checks whether the two layouts give the same tokens and label
+positions.
+
+Columns: ``train wall s (loop)`` is the training loop alone (ours: ``TrainState.elapsed_s`` at
+the last step; TRL: ``train_runtime`` of ``Trainer.train``); ``steps/s`` and ``time ratio vs
+ours`` come from it. ``call s`` is the whole call (ours: ``run(cfg)`` with reading the JSONL,
+encoding, the final checkpoint and model save; TRL: ``PRMTrainer(...)`` with its dataset
+tokenization, plus ``train()``). Tokens are the real (non-padding) tokens trained on; padding is
+the share of padded positions in the batches.
+
+Needs TRL for the benchmark only (never a project dependency)::
+
+    pip install --no-deps "trl==1.13.0"
+    OMP_NUM_THREADS=1 python benchmarks/trl_prm.py [--steps 300] [--batch-size 32] [--threads 1]
+        [--extra trl-gradckpt trl-grouped ours-random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL's trainers ping the Hub otherwise
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from prm.data.arith import ArithConfig, generate_dataset
+from prm.data.stepwise import StepwiseExample, load_stepwise_dataset, write_stepwise
+from prm.evaluation.metrics import auroc, local_auroc
+from prm.models.loading import TinyGPTConfig, build_tiny_gpt, load_tokenizer, parameter_count, save_model
+from prm.models.prm_model import load_prm
+from prm.models.tokenizer import build_char_tokenizer
+from prm.prm_train import CONF_DIR, encode_examples, predict_logits, run
+from prm.steps import StepFormat
+
+EXTRAS = ("trl-gradckpt", "trl-grouped", "ours-random")
+
+
+@dataclass
+class Result:
+    name: str
+    steps: int
+    loop_s: float
+    call_s: float
+    tokens: int  # real tokens trained on
+    padded: int  # padded positions trained on
+    scores: list[list[float]]  # P(on track) of each labelled step of each held-out example
+    labels: list[list[float]]
+    final_loss: float
+
+    def step_auroc(self) -> float:
+        flat_y = np.asarray([y for r in self.labels for y in r])
+        return auroc(np.asarray([x for r in self.scores for x in r]), flat_y >= 0.5)
+
+    def local_auroc(self) -> float:
+        return local_auroc(self.scores, self.labels).auroc
+
+    @property
+    def n_steps(self) -> int:
+        return sum(len(r) for r in self.labels)
+
+
+def make_data(args: argparse.Namespace, world: ArithConfig) -> tuple[list[StepwiseExample], list[StepwiseExample]]:
+    train = generate_dataset(args.train_problems, world, seed=args.seed)
+    held_out = generate_dataset(args.eval_problems, world, seed=args.seed + 1000)
+    return train, held_out
+
+
+def make_backbone(args: argparse.Namespace, root: Path) -> Path:
+    """``--backbone``, else a freshly initialised tiny causal LM + character tokenizer saved under ``root``."""
+    if args.backbone:
+        return Path(args.backbone)
+    tok = build_char_tokenizer()
+    size = TinyGPTConfig(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, n_positions=args.n_positions)
+    return save_model(build_tiny_gpt(tok, size, seed=args.seed), tok, root / "backbone")
+
+
+# ---------------------------------------------------------------- ours
+
+
+def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_dir: Path,
+               held_out: list[StepwiseExample], batching: str, name: str) -> Result:
+    overrides = [
+        "data=stepwise", f"data.path={data_path}", f"init_from={backbone}", f"run_dir={run_dir}",
+        "val_fraction=0", f"seed={args.seed}",
+        f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
+        f"train.warmup_steps={args.warmup}", "train.schedule=cosine", "train.min_lr_ratio=0.1",
+        "train.weight_decay=0.1", "train.betas=[0.9,0.95]", "train.max_grad_norm=1.0", "train.grad_accum=1",
+        f"train.batching={batching}", "train.mixed_precision=no", "train.eval_every=0", "train.save_every=0",
+        f"train.log_every={args.log_every}", f"train.seed={args.seed}", "train.max_time_s=null",
+        "train.progress=false",
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name="prm_train", overrides=overrides)
+    seen: dict[str, Any] = {"elapsed": 0.0, "tokens": 0, "padded": 0.0, "last_tokens": 0, "loss": math.nan}
+
+    def callback(state: Any, row: dict[str, float]) -> None:
+        seen["elapsed"] = state.elapsed_s
+        if "tokens" in row:  # a log row: tokens are cumulative, padding is the window's share
+            new = row["tokens"] - seen["last_tokens"]
+            seen["padded"] += new / max(1e-9, 1.0 - row.get("padding_frac", 0.0))
+            seen["last_tokens"] = seen["tokens"] = int(row["tokens"])
+            seen["loss"] = row["loss"]
+
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        summary = run(cfg, callbacks=[callback])
+    call_s = time.perf_counter() - t0
+    if args.verbose:
+        print(out.getvalue(), end="")
+
+    model, tok = load_prm(run_dir / "model")
+    max_length = summary["max_length"]
+    enc, st = encode_examples(tok, held_out, StepFormat(separator="\n"), max_length)
+    if st.dropped_no_label or st.truncated:
+        print(f"warning: {name}: {st.truncated} held-out example(s) truncated, {st.dropped_no_label} dropped")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    logits = predict_logits(model, enc, pad, batch_size=256)
+    scores: list[list[float]] = []
+    labels: list[list[float]] = []
+    for lg, ex in zip(logits, enc):
+        kept = [(1.0 / (1.0 + math.exp(-x)), float(t)) for x, t in zip(lg, ex["targets"]) if t is not None]
+        scores.append([x for x, _ in kept])
+        labels.append([t for _, t in kept])
+    return Result(name, int(summary["step"]), seen["elapsed"], call_s, seen["tokens"], round(seen["padded"]),
+                  scores, labels, seen["loss"])
+
+
+# ---------------------------------------------------------------- TRL
+
+
+def import_trl() -> tuple[Any, Any, str]:
+    try:
+        import trl
+    except ImportError:
+        sys.exit('TRL is not installed: pip install --no-deps "trl==1.13.0"')
+    try:
+        from trl.experimental.prm import PRMConfig, PRMTrainer
+    except ImportError:
+        try:
+            from trl import PRMConfig, PRMTrainer  # older TRL
+        except ImportError:
+            sys.exit(f"TRL {trl.__version__} has no PRMTrainer (removed after 1.13): "
+                     'pip install --no-deps "trl==1.13.0"')
+    return PRMConfig, PRMTrainer, trl.__version__
+
+
+def trl_layout(tokenize_row: Any, tok: Any, ex: StepwiseExample, max_length: int | None) -> dict[str, list[int]]:
+    """TRL's own tokenization of one example (``PRMTrainer.tokenize_row``, eval mode)."""
+    return tokenize_row({"prompt": ex.prompt, "completions": ex.completions, "labels": ex.labels}, tokenizer=tok,
+                        step_separator="\n", max_length=max_length, max_completion_length=None,
+                        train_on_last_step_only=False, is_eval=True)
+
+
+def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir: Path,
+              held_out: list[StepwiseExample], name: str, *, gradient_checkpointing: bool = False,
+              grouped: bool = False) -> Result:
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+
+    PRMConfig, PRMTrainer, _ = import_trl()
+    tok = load_tokenizer(backbone)
+    train_ds = load_stepwise_dataset(data_path).select_columns(["prompt", "completions", "labels"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = AutoModelForTokenClassification.from_pretrained(str(backbone), num_labels=2, local_files_only=True)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    max_length = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    extra: dict[str, Any] = {"train_sampling_strategy": "group_by_length"} if grouped else {}
+    # transformers 5 renamed gradient checkpointing (PRMConfig still turns the old name on by default)
+    fields = getattr(PRMConfig, "__dataclass_fields__", {})
+    extra["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = \
+        gradient_checkpointing
+    config = PRMConfig(
+        output_dir=str(out_dir), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, warmup_steps=args.warmup, lr_scheduler_type="cosine_warmup_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1}, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
+        adam_epsilon=1e-8, max_grad_norm=1.0, gradient_accumulation_steps=1, step_separator="\n",
+        train_on_last_step_only=False, max_length=max_length, report_to="none", save_strategy="no",
+        eval_strategy="no", logging_steps=args.log_every, use_cpu=True, bf16=False, fp16=False,
+        disable_tqdm=True, seed=args.seed, data_seed=args.seed,
+        dataloader_num_workers=0, **extra,
+    )
+    counts = {"tokens": 0, "padded": 0}
+    base_collate = DataCollatorForTokenClassification(tok)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = base_collate(features)
+        counts["tokens"] += int(batch["attention_mask"].sum())
+        counts["padded"] += batch["input_ids"].numel()
+        return batch
+
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = PRMTrainer(model=model, args=config, data_collator=collate, train_dataset=train_ds,
+                             processing_class=tok)
+        result = trainer.train()
+    call_s = time.perf_counter() - t0
+    if args.verbose:
+        print(out.getvalue(), end="")
+
+    model = trainer.model.eval()
+    rows = [trl_layout(PRMTrainer.tokenize_row, tok, ex, max_length) for ex in held_out]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    by_example: dict[int, tuple[list[float], list[float]]] = {}
+    with torch.no_grad():
+        for start in range(0, len(order), 256):
+            idxs = order[start : start + 256]
+            longest = max(len(rows[i]["input_ids"]) for i in idxs)
+            ids = torch.full((len(idxs), longest), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, i in enumerate(idxs):
+                n = len(rows[i]["input_ids"])
+                ids[r, :n] = torch.tensor(rows[i]["input_ids"])
+                mask[r, :n] = 1
+            probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)[..., 1]
+            for r, i in enumerate(idxs):
+                pos = [p for p, lab in enumerate(rows[i]["labels"]) if lab != -100]
+                by_example[i] = (probs[r, pos].tolist(), [float(rows[i]["labels"][p]) for p in pos])
+    scores = [by_example[i][0] for i in range(len(rows))]
+    labels = [by_example[i][1] for i in range(len(rows))]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return Result(name, int(result.global_step), float(result.metrics["train_runtime"]), call_s, counts["tokens"],
+                  counts["padded"], scores, labels, losses[-1] if losses else math.nan)
+
+
+def compare_layouts(backbone: Path, held_out: list[StepwiseExample], max_length: int | None) -> str:
+    """How many held-out examples get the same token ids and label positions from both encodings."""
+    _, PRMTrainer, _ = import_trl()
+    tok = load_tokenizer(backbone)
+    ours, _ = encode_examples(tok, held_out, StepFormat(separator="\n"), max_length)
+    if len(ours) != len(held_out):
+        return "layouts: some held-out examples dropped by our encoding (not compared)"
+    same_ids = same_pos = 0
+    for ex, enc in zip(held_out, ours):
+        row = trl_layout(PRMTrainer.tokenize_row, tok, ex, max_length)
+        same_ids += row["input_ids"] == enc["input_ids"]
+        same_pos += [p for p, lab in enumerate(row["labels"]) if lab != -100] == enc["positions"]
+    return (f"layouts on the {len(held_out)} held-out examples: same token ids {same_ids}, "
+            f"same label positions {same_pos}")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps of each trainer")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=30, help="linear warm-up steps, then cosine to 10%% of lr")
+    ap.add_argument("--train-problems", type=int, default=3000)
+    ap.add_argument("--eval-problems", type=int, default=300)
+    ap.add_argument("--backbone", default=None, help="a causal LM directory with its tokenizer (default: a fresh "
+                    "tiny GPT-2 of the sizes below)")
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--n-positions", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--extra", nargs="*", default=[], choices=EXTRAS,
+                    help="more rows: TRL with gradient checkpointing (PRMConfig's default), TRL with "
+                    "length-grouped sampling, ours with plain shuffled batches")
+    ap.add_argument("--verbose", action="store_true", help="show both trainers' own logs")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.verbose:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    _, _, trl_version = import_trl()
+    world = ArithConfig()
+
+    with tempfile.TemporaryDirectory(prefix="trl-prm-bench-") as tmp:
+        root = Path(tmp)
+        train_ex, held_out = make_data(args, world)
+        data_path = root / "train.jsonl"
+        write_stepwise(data_path, train_ex)
+        backbone = make_backbone(args, root)
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(str(backbone), local_files_only=True)
+        context = getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", None)
+        shape = f"{lm.config.model_type}, {parameter_count(lm):,} parameters, context {context}"
+        del lm
+        results: list[Result] = [train_ours(args, data_path, backbone, root / "ours", held_out, "bucketed", "ours")]
+        results.append(train_trl(args, data_path, backbone, root / "trl", held_out, "trl"))
+        if "trl-gradckpt" in args.extra:
+            results.append(train_trl(args, data_path, backbone, root / "trl-gc", held_out, "trl, grad ckpt",
+                                     gradient_checkpointing=True))
+        if "trl-grouped" in args.extra:
+            results.append(train_trl(args, data_path, backbone, root / "trl-grp", held_out, "trl, group_by_length",
+                                     grouped=True))
+        if "ours-random" in args.extra:
+            results.append(train_ours(args, data_path, backbone, root / "ours-rnd", held_out, "random",
+                                      "ours, random batches"))
+        layouts = compare_layouts(backbone, held_out, context)
+
+    size = (f"--backbone {args.backbone} ({shape})" if args.backbone else
+            f"fresh tiny GPT-2 {args.n_layer} layers x {args.n_embd} ({args.n_head} heads; {shape})")
+    first = results[0]
+    n_pos = sum(y >= 0.5 for r in first.labels for y in r)
+    # what the step's position alone gives (later steps are more often wrong): a model at this
+    # level has learned the position prior, not the arithmetic
+    prior = Result("step index", 0, 0, 0, 0, 0, [[-float(i) for i in range(len(r))] for r in first.labels],
+                   first.labels, math.nan)
+    print(f"world ArithConfig() defaults; {args.train_problems} train problems (seed {args.seed}), "
+          f"{args.eval_problems} held-out (seed {args.seed + 1000}), 1 injected-error solution each; "
+          f"backbone {size}; lr {args.lr:g}, warm-up {args.warmup}, cosine to 10%, AdamW (0.9, 0.95) wd 0.1, "
+          f"clip 1.0, fp32; {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); "
+          f"torch {torch.__version__}, TRL {trl_version}")
+    print(f"held-out: {first.n_steps} labelled steps ({n_pos} on track); {layouts}; "
+          f"step-index-only baseline: step AUROC {prior.step_auroc():.4f}, local AUROC {prior.local_auroc():.4f}")
+    print()
+    print("| trainer | steps | batch | train wall s (loop) | steps/s | call s | tokens | padding | final train loss "
+          "| step AUROC | local AUROC | time ratio vs ours |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = first.loop_s
+    for r in results:
+        pad = 1.0 - r.tokens / r.padded if r.padded else float("nan")
+        note = "" if r.n_steps == first.n_steps else f" ({r.n_steps} steps!)"
+        print(f"| {r.name} | {r.steps} | {args.batch_size} | {r.loop_s:.1f} | {r.steps / r.loop_s:.2f} | "
+              f"{r.call_s:.1f} | {r.tokens:,} | {pad:.1%} | {r.final_loss:.4f} | {r.step_auroc():.4f}{note} | "
+              f"{r.local_auroc():.4f} | {r.loop_s / base:.2f}x |")
+
+if __name__ == "__main__":
+    main()

@@ -90,7 +90,7 @@ class ArithConfig:
     value_min: int = 0
     value_max: int = 999
     operators: tuple[str, ...] = OPERATORS
-    slip_rate: float = 0.1  # P(a step's result is off by 1..max_slip)
+    slip_rate: float = 0.05  # P(a step's result is off by 1..max_slip)
     max_slip: int = 3
     systematic_rate: float = 0.6  # P(a step on a systematic fact is written with its wrong result)
     num_systematic: int = 68  # facts (left, op, right) with a fixed wrong result (modulus only)

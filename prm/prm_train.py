@@ -225,7 +225,8 @@ def build_model(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         sizes = {k: model_cfg[k] for k in ("n_layer", "n_embd", "n_head", "n_positions", "dropout") if k in model_cfg}
         size = TinyGPTConfig(**sizes)
     try:
-        model, tok = build_prm(backbone, tokenizer=tok, size=size, seed=int(cfg.seed))
+        model, tok = build_prm(backbone, tokenizer=tok, size=size, seed=int(cfg.seed),
+                               extra_layers=int(cfg.get("extra_layers") or 0))
     except ModelLoadError:  # a ValueError too: keep its own type and message
         raise
     except ValueError as e:  # impossible sizes (n_embd not divisible by n_head, ...)

@@ -2,7 +2,10 @@
 
 A stage writes its outputs into its own folder and, last, ``stage.json`` with the config it ran
 with. A later run with the same config reuses the outputs; a different config (or a stage that
-crashed before writing ``stage.json``) runs again.
+crashed before writing ``stage.json``) runs again. ``begin_stage`` records the config a stage starts
+with (``stage.started.json``): an interrupted stage with the same config resumes in place (its
+checkpoints), while a folder left by a different config is moved aside first, so a new run never
+resumes another config's checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +17,34 @@ from typing import Any
 from prm.io import write_json
 
 MARKER = "stage.json"
+STARTED = "stage.started.json"
+
+
+def _recorded_config(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def begin_stage(stage_dir: str | Path, config: dict[str, Any]) -> Path | None:
+    """Prepare ``stage_dir`` for a run with ``config``; returns where a different config's folder went.
+
+    A folder whose finished or started marker records another config is renamed ``<name>.old-<k>``
+    (kept, not deleted); one started with this same config is left to resume.
+    """
+    d = Path(stage_dir)
+    wanted = json.loads(json.dumps(config))
+    recorded = [c for c in (_recorded_config(d / STARTED), _recorded_config(d / MARKER)) if c is not None]
+    moved = None
+    if any(c != wanted for c in recorded):
+        k = 1
+        while d.with_name(f"{d.name}.old-{k}").exists():
+            k += 1
+        moved = d.rename(d.with_name(f"{d.name}.old-{k}"))
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / STARTED, {"config": wanted})
+    return moved
 
 
 def stage_done(stage_dir: str | Path, config: dict[str, Any]) -> bool:

@@ -29,7 +29,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from prm.runs import mark_stage_done, stage_done, stage_info
+from prm.runs import begin_stage, mark_stage_done, stage_done, stage_info
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -50,16 +50,25 @@ def _override_value(v: Any) -> str:
 
 
 def run_stage(name: str, config_name: str, overrides: list[str], fn: Callable[[DictConfig], dict[str, Any]],
-              run_dir: Path) -> dict[str, Any]:
-    """Compose a stage's config, run it unless an identical run finished, return its summary."""
+              run_dir: Path, after: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compose a stage's config, run it unless an identical run finished, return its summary.
+
+    A stage's identity is its own config plus the recorded configs of the stages it reads (``after``):
+    a retrained PRM at the same path makes its evaluation and sweep run again.
+    """
     stage_dir = run_dir / name
     cfg = compose(config_name=config_name, overrides=[f"run_dir={stage_dir}", *overrides])
     key = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(key, dict)
     key.pop("progress", None)
+    if after:
+        key["after"] = {a: stage_info(run_dir / a)["config"] for a in after}
     if stage_done(stage_dir, key):
         print(f"[demo] {name}: reusing {stage_dir}")
         return stage_info(stage_dir)["summary"]
+    moved = begin_stage(stage_dir, key)
+    if moved is not None:
+        print(f"[demo] {name}: its config changed; the previous run was moved to {moved}")
     print(f"[demo] {name}: running ({config_name}) in {stage_dir}")
     t0 = time.perf_counter()
     summary = fn(cfg)
@@ -100,22 +109,27 @@ def main(cfg: DictConfig) -> None:
     summaries: dict[str, Any] = {}
     summaries["sft"] = run_stage("sft", "sft", [*world, *s.sft], sft.run, run_dir)
     policy = str(run_dir / "sft" / "model")
-    summaries["prm_data"] = run_stage("prm_data", "sample", [*world, f"policy={policy}", *s.prm_data], sample.run, run_dir)
-    summaries["test"] = run_stage("test", "sample", [*world, f"policy={policy}", *s.test], sample.run, run_dir)
+    summaries["prm_data"] = run_stage("prm_data", "sample", [*world, f"policy={policy}", *s.prm_data], sample.run, run_dir,
+                                      after=("sft",))
+    summaries["test"] = run_stage("test", "sample", [*world, f"policy={policy}", *s.test], sample.run, run_dir,
+                                  after=("sft",))
     summaries["prm"] = run_stage("prm", "prm_train", [
-        f"init_from={policy}", f"data.path={run_dir / 'prm_data' / 'samples.jsonl'}", *s.prm], prm_train.run, run_dir)
+        f"init_from={policy}", f"data.path={run_dir / 'prm_data' / 'samples.jsonl'}", *s.prm], prm_train.run, run_dir,
+        after=("sft", "prm_data"))
     prm_model = str(run_dir / "prm" / "model")
     test_samples = f"data.path={run_dir / 'test' / 'samples.jsonl'}"
     summaries["eval_prm"] = run_stage("eval_prm", "prm_eval", [
-        f"scorer.model_or_path={prm_model}", test_samples, *s.eval], prm_eval.run, run_dir)
+        f"scorer.model_or_path={prm_model}", test_samples, *s.eval], prm_eval.run, run_dir, after=("prm", "test"))
     summaries["eval_oracle"] = run_stage("eval_oracle", "prm_eval", [
         "scorer=oracle", f"scorer.modulus={_override_value(cfg.data.world.modulus)}", test_samples, *s.eval],
-        prm_eval.run, run_dir)
+        prm_eval.run, run_dir, after=("test",))
     summaries["eval_likelihood"] = run_stage("eval_likelihood", "prm_eval", [
-        "scorer=likelihood", f"scorer.model_or_path={policy}", test_samples, *s.eval], prm_eval.run, run_dir)
+        "scorer=likelihood", f"scorer.model_or_path={policy}", test_samples, *s.eval], prm_eval.run, run_dir,
+        after=("sft", "test"))
     summaries["error_kinds"] = error_kinds(run_dir, cfg, {"PRM": "eval_prm", "likelihood": "eval_likelihood"})
     summaries["sweep"] = run_stage("sweep", "sweep", [
-        *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.sweep], sweep.run, run_dir)
+        *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.sweep], sweep.run, run_dir,
+        after=("sft", "prm"))
     report = write_report(run_dir, summaries, cfg)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s; report: {report}")
 

@@ -21,8 +21,8 @@ TINY = [
 ]
 
 
-def _demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rl.demo", f"run_dir={run_dir}", *TINY, *extra],
+def _demo(run_dir: Path, *extra: str, tiny: list[str] = TINY) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rl.demo", f"run_dir={run_dir}", *tiny, *extra],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -40,5 +40,13 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     for stage in ("sft", "prm_data", "test", "prm", "eval_prm", "eval_oracle", "eval_likelihood", "sweep"):
         assert f"[demo] {stage}: reusing" in second.stdout
+    # a retrained PRM (same path, new config) re-runs what reads it, moves the old run aside, reuses the rest
+    third = _demo(run, tiny=[t.replace("train.max_steps=10", "train.max_steps=11") for t in TINY])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"[demo] prm: its config changed; the previous run was moved to {run / 'prm.old-1'}" in third.stdout
+    for stage in ("prm", "eval_prm", "sweep"):
+        assert f"[demo] {stage}: running" in third.stdout, stage
+    for stage in ("sft", "prm_data", "test", "eval_oracle", "eval_likelihood"):
+        assert f"[demo] {stage}: reusing" in third.stdout, stage
     typo = _demo(run, "stages.nope=[]")
     assert typo.returncode != 0 and "nope" in typo.stderr

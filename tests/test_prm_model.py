@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
@@ -50,3 +51,24 @@ def test_encode_steps_puts_positions_on_separators_and_truncates() -> None:
     assert all(tok.convert_ids_to_tokens(enc.input_ids[p]) == "\n" for p in enc.positions)
     cut = encode_steps(tok, "Q: 1+2*3", ["1+2=3", "3*3=9"], PLAIN, max_length=18)
     assert cut.positions == [15] and cut.kept == 1 and cut.truncated and len(cut.input_ids) == 18
+
+
+def test_extra_layers_stack_fresh_layers_on_the_backbone(tmp_path: Path) -> None:
+    policy, tok = load_causal_lm(size=SIZE, seed=1)
+    save_model(policy, tok, tmp_path / "policy")
+    prm, prm_tok = build_prm(tmp_path / "policy", extra_layers=2, seed=0)
+    assert prm.config.n_layer == 3 and len(prm.transformer.h) == 3
+    src, grown = policy.transformer.h[0].state_dict(), prm.transformer.h[0].state_dict()
+    assert all(torch.equal(src[k], grown[k]) for k in src)  # the policy's layer kept as it was
+    assert not torch.equal(prm.transformer.h[1].attn.c_attn.weight, prm.transformer.h[0].attn.c_attn.weight)
+    again, _ = build_prm(tmp_path / "policy", extra_layers=2, seed=0)  # the fresh layers are seeded
+    assert torch.equal(again.transformer.h[2].mlp.c_fc.weight, prm.transformer.h[2].mlp.c_fc.weight)
+    save_prm(prm, prm_tok, tmp_path / "prm")
+    reloaded, _ = load_prm(tmp_path / "prm")
+    ids = torch.tensor([prm_tok("Q: 1+2\n1+2=3\n").input_ids])
+    assert torch.allclose(reloaded.eval()(ids).logits, prm.eval()(ids).logits)
+
+
+def test_extra_layers_need_a_backbone() -> None:
+    with pytest.raises(ValueError, match="extra_layers"):
+        build_prm(size=SIZE, extra_layers=1)

@@ -36,8 +36,16 @@ def build_prm(
     size: TinyGPTConfig | None = None,
     num_labels: int = 1,
     seed: int = 0,
+    extra_layers: int = 0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A fresh PRM: from a local model directory's backbone (head new), or a tiny GPT from scratch."""
+    """A fresh PRM: from a local model directory's backbone (head new), or a tiny GPT from scratch.
+
+    ``extra_layers`` (backbone only) stacks that many freshly initialised transformer layers on top of
+    the backbone's (before its final norm): a deeper PRM that keeps everything the policy learned.
+    """
+    if extra_layers < 0 or (extra_layers and backbone is None):
+        raise ValueError(f"extra_layers={extra_layers}: a non-negative number of layers added to a backbone "
+                         "(from scratch, set the model's own layer count)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if backbone is not None:
@@ -46,6 +54,10 @@ def build_prm(
             try:
                 config = AutoConfig.from_pretrained(str(p), num_labels=num_labels, local_files_only=True)
                 config.classifier_dropout = 0.0
+                if extra_layers:
+                    if not isinstance(getattr(config, "num_hidden_layers", None), int):
+                        raise ModelLoadError(f"{p}: its config has no num_hidden_layers, so extra_layers cannot grow it")
+                    config.num_hidden_layers += extra_layers  # the missing layers initialise fresh
                 model = AutoModelForTokenClassification.from_pretrained(str(p), config=config, local_files_only=True)
             except (OSError, ValueError) as e:
                 raise ModelLoadError(f"could not build a PRM from the backbone in {p}: {e}") from e

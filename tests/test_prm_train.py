@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,13 +55,7 @@ EASY = ArithConfig(min_ops=2, max_ops=3, modulus=5, operand_min=1, operand_max=4
 NL = "\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """A 2-core shared machine: one thread per test process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def cfg_of(*overrides: str) -> DictConfig:

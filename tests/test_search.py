@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO
@@ -462,14 +461,6 @@ def test_run_rejects_bad_input(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- tiny real models
-@pytest.fixture
-def one_thread():  # type: ignore[no-untyped-def]
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_prm_search_end_to_end_with_a_tiny_policy_and_the_oracle(tmp_path: Path, one_thread: None) -> None:
     model, tok = load_causal_lm(size=TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128), seed=0)
     policy = save_model(model, tok, tmp_path / "policy")

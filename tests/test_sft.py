@@ -27,13 +27,7 @@ from rl.sft import CONF_DIR, Pair, SFTConfigError, encode_pair, greedy_accuracy,
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable  # the interpreter running the tests (its environment has the project)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # noqa: ANN201
-    """Tiny models run no slower on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 # A tiny, fast run: 1 layer, 2-op problems, no eval generation.

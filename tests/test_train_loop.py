@@ -14,13 +14,7 @@ import torch.nn.functional as F
 from prm.models.loading import TinyGPTConfig, load_causal_lm
 from prm.train import TrainConfig, load_metrics, lr_factor, pad_collate, padding_fraction, plan_batches, train
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # noqa: ANN201
-    """Tiny models run no slower on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 TINY = TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=64, dropout=0.1)  # dropout: RNG matters

@@ -5,11 +5,15 @@ Three functions make the public API:
 - :func:`extract_answer` pulls the final answer out of a solution: an ``<answer>`` tag, a
   PRM800K-style ``# Answer`` line, the last ``\\boxed{}``/``\\fbox{}``, else the last line.
 - :func:`normalize_answer` applies PRM800K / Hendrycks-MATH style string normalisation
-  (dollars, ``\\text{}``, units, degrees, percent, ``x=`` prefixes, thousands separators,
-  ``\\dfrac``, ``\\frac12``, ``\\sqrt2``, ``.5``, trailing zeros, spaces, ...).
+  (dollars, ``\\text{}``, units and trailing unit text, degrees, percent, ``x=`` and
+  ``\\theta\\in`` prefixes, thousands separators, ``\\dfrac``, ``\\frac12``, ``\\sqrt2``, ``.5``,
+  trailing zeros, spaces, ...); matrix row breaks ``\\\\`` are kept.
 - :func:`grade_answer` decides equivalence, cheapest test first: plain integers (microseconds,
-  no sympy), equal normalised strings, exact rational comparison of simple numbers, elementwise
-  comparison of tuples/intervals/lists, and finally math-verify (sympy) on the LaTeX.
+  no sympy), equal normalised strings, exact rational comparison of simple numbers, matrices
+  entry by entry (a scalar factor in front multiplied in), unions of intervals interval by
+  interval (as a set of intervals), elementwise comparison of tuples/intervals and unordered
+  comparison of lists/sets (``a\\pm b`` counts as the list of its two values), and finally
+  math-verify (sympy) on the LaTeX.
 
 The math-verify step runs in one reusable worker *process* with a hard wall-clock bound: on
 timeout the worker is killed (and a fresh one started in the background) and the answer is
@@ -114,7 +118,25 @@ _UNITS = (
 )
 _UNIT_WORD = re.compile(rf"(?:{_UNITS})(?:e?s)?\.?", re.IGNORECASE)
 _MATH_WORDS = frozenset("pi sqrt mod log ln exp sin cos tan sec csc cot inf infinity".split())
-_VAR_PREFIX = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*")
+# words that change the value or meaning of what they follow: never stripped as units
+_NOT_UNITS = frozenset(
+    "hundred hundreds thousand thousands million millions billion billions trillion trillions dozen "
+    "dozens and or not no none only never always even odd positive negative prime rational irrational "
+    "real complex undefined true false i e".split()
+)
+# trailing unit text: "\text{ inches per second}", "\mbox{cm}^2"
+_UNIT_TEXT = re.compile(
+    r"\\(?:text|textrm|textnormal|mbox)\s*\{\s*([a-zA-Z][a-zA-Z ./-]*?)\s*\}\s*(?:\^\s*\{?\d\}?)?\s*\.?$"
+)
+_PLAIN_TEXT = re.compile(r"\\(?:text[a-z]*|mbox)\s*\{[^{}]*\}")
+_GREEK = (
+    "alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|lambda|mu|nu|xi|"
+    "rho|varrho|sigma|tau|upsilon|phi|varphi|chi|psi|omega|Gamma|Delta|Theta|Lambda|Xi|Sigma|"
+    "Upsilon|Phi|Psi|Omega|ell"
+)  # no \pi: a constant, not a variable
+_VAR = rf"(?:[a-zA-Z]|\\(?:{_GREEK})(?![a-zA-Z]))(?:_\{{?\w+\}}?)?"  # x, x_1, \theta, \theta_{0}
+_VAR_IN = re.compile(rf"^{_VAR}\s*\\in(?![a-zA-Z])")
+_VAR_PREFIX = re.compile(rf"^{_VAR}\s*(?:=|\\in(?![a-zA-Z]))\s*")
 _FRAC_ARG = r"(\{[^{}]*\}|\\[a-zA-Z]+|[^{}\s\\])"
 _FRAC_SHORT = re.compile(r"\\frac(?![a-zA-Z])\s*" + _FRAC_ARG + r"\s*" + _FRAC_ARG)
 _SQRT_SHORT = re.compile(r"\\sqrt(?![a-zA-Z])\s*([^{\[\s\\])")
@@ -157,11 +179,28 @@ def _strip_units(s: str) -> str:
         return s
     words = m.group(1).replace(".", " ").split()
     glued = m.start(1) == m.start()  # no space between the number and the first word
-    if any(w.lower() in _MATH_WORDS for w in words):
+    if any(w.lower() in _MATH_WORDS or w.lower() in _NOT_UNITS for w in words):
         return s
     if all(len(w) >= 2 for w in words) and (not glued or _UNIT_WORD.fullmatch(words[0])):
         return s[: m.start()].rstrip()
     return s
+
+
+def _strip_unit_text(s: str) -> str:
+    """Drop a trailing ``\\text{...}``/``\\mbox{...}`` of unit words after any math expression:
+    ``12\\pi \\text{ inches per second}``, ``5\\sqrt{2}\\text{ cm}^2``. An answer that is only text
+    (``\\text{(A)}``, ``\\text{Monday}``), text after an operator, and words that change the value
+    (``\\text{ million}``, ``\\text{ only}``) are kept."""
+    m = _UNIT_TEXT.search(s)
+    if not m or len(s) > 500:
+        return s
+    words = re.split(r"[\s./-]+", m.group(1).lower())
+    if any(w in _NOT_UNITS or w in _MATH_WORDS for w in words):
+        return s
+    head = re.sub(r"(?:\\[!,;: ]|~|\s)+$", "", s[: m.start()])
+    if not re.search(r"[\w\\]", _PLAIN_TEXT.sub("", head)) or head[-1] in "+-*/=,(^_{&<>:":
+        return s
+    return head
 
 
 @lru_cache(maxsize=8192)
@@ -175,18 +214,19 @@ def normalize_answer(s: str) -> str:
         s = s.replace("\\$", "").replace("$", "")
         s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
         s = s.replace("\\displaystyle", "").replace("{,}", ",")
+        s = _strip_unit_text(s)
         for _ in range(5):  # unwrap nested \text{...}
             s, n = _TEXT_CMD.subn(r"\1", s)
             if not n:
                 break
         s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
-        s = re.sub(r"\\[!,;: ]|~", "", s)
+        s = re.sub(r"(\\\\)|\\[!,;: ]|~", r"\1", s)  # spacing commands go, row breaks \\ stay
         s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°", "", s)
         s = s.replace("\\%", "").replace("%", "")
         s = re.sub(r"\s+(?:and|or)\s+", ",", s)
         s = s.strip().rstrip(".").strip()
         s = _strip_units(s)
-        if s.count("=") == 1 or re.match(r"^[a-zA-Z]\s*\\in(?![a-zA-Z])", s):
+        if s.count("=") == 1 or _VAR_IN.match(s):
             s = _VAR_PREFIX.sub("", s, count=1)
         # whitespace: keep one space only where it ends a command before a letter ("\pi r")
         s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x00", s)
@@ -248,18 +288,135 @@ def _split_top(s: str) -> list[str]:
     return parts
 
 
+def _encloses(s: str) -> bool:
+    """Whether the bracket that opens ``s`` closes it: ``(1,2]`` yes, ``(1,2)\\cup(3,4)`` no."""
+    depth = 0
+    for i, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i == len(s) - 1
+    return False
+
+
+_PM = re.compile(r"\\(?:pm|mp)(?![a-zA-Z])")
+
+
+def _expand_pm(s: str) -> list[str]:
+    """``a\\pm b`` as its two values ``[a+b, a-b]`` (``\\mp`` likewise); ``[s]`` unless exactly one."""
+    signs = _PM.findall(s)
+    if len(signs) != 1:
+        return [s]
+    return [_PM.sub("+", s), _PM.sub("-", s)]
+
+
 def _as_sequence(s: str) -> tuple[str, list[str]] | None:
-    """``(kind, elements)`` for ``(a,b)``/``[a,b)``/``\\{a,b\\}``/``a,b``; None if not a list."""
-    if s.startswith("\\{") and s.endswith("\\}"):
-        inner = _split_top(s[2:-2])
+    """``(kind, elements)`` for ``(a,b)``/``[a,b)``/``\\{a,b\\}``/``a,b``; None if not a list.
+
+    An element of a set or bare list holding one ``\\pm`` counts as its two values (so ``\\pm 2``
+    is the list ``+2,-2``); elements of tuples and intervals are kept as written.
+    """
+    if s.startswith("\\{") and s.endswith("\\}") and _encloses(s[1:]):
+        inner = [v for p in _split_top(s[2:-2]) for v in _expand_pm(p)]
         return ("set", inner) if len(inner) > 1 else None
-    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _encloses(s):
         inner = _split_top(s[1:-1])
-        if len(inner) > 1:
-            return s[0] + s[-1], inner
-        return None
-    parts = _split_top(s)
+        return (s[0] + s[-1], inner) if len(inner) > 1 else None
+    parts = [v for p in _split_top(s) for v in _expand_pm(p)]
     return ("set", parts) if len(parts) > 1 else None
+
+
+_UNION = re.compile(r"\\cup(?![a-zA-Z])|(?<=[)\]}])U(?=[(\[\\])")
+
+
+def _split_union(s: str) -> list[str] | None:
+    """The parts of a top-level union ``A\\cup B\\cup ...`` (``(1,2)U(3,4)`` too); None if none."""
+    if "\\cup" not in s and "U" not in s:
+        return None
+    parts: list[str] = []
+    depth = start = i = 0
+    while i < len(s):
+        if s[i] in "([{":
+            depth += 1
+        elif s[i] in ")]}":
+            depth -= 1
+        elif depth == 0 and (m := _UNION.match(s, i)):
+            parts.append(s[start:i])
+            start = i = m.end()
+            continue
+        i += 1
+    parts.append(s[start:])
+    return parts if len(parts) > 1 and all(parts) else None
+
+
+_MATRIX = re.compile(
+    r"(?P<factor>.*?)(?P<open>[(\[]?)\\begin\{(?P<env>[pbB]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?"
+    r"(?P<body>.*)\\end\{(?P=env)\}(?P<close>[)\]]?)",
+    re.DOTALL,
+)
+
+
+def _is_scalar_factor(f: str) -> bool:
+    """Whether ``f`` can be a scalar written in front of a matrix: no sum, relation, list or matrix."""
+    if re.search(r"[=,&<>]|\\\\|\\begin|\\end", f):
+        return False
+    depth = 0
+    for i, c in enumerate(f):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if i > 0 and depth == 0 and c in "+-":
+            return False
+    return True
+
+
+def _as_matrix(s: str) -> tuple[str, list[list[str]]] | None:
+    """``(factor, rows of entries)`` of ``c\\begin{pmatrix}a&b\\\\c&d\\end{pmatrix}``; None if ``s``
+    is not one rectangular matrix. Any of matrix/pmatrix/bmatrix/Bmatrix/smallmatrix/array (in
+    brackets or not); ``factor`` is ``""`` when there is none. A ``vmatrix`` (determinant) is not one.
+    """
+    if "\\begin" not in s or len(s) > 2000:
+        return None
+    m = _MATRIX.fullmatch(s)
+    if not m or bool(m["open"]) != bool(m["close"]) or re.search(r"\\begin|\\end", m["body"]):
+        return None
+    factor = re.sub(r"\\(?:cdot|times)$", "", m["factor"])
+    if not _is_scalar_factor(factor):
+        return None
+    rows = m["body"].replace("\\hline", "").split("\\\\")
+    if len(rows) > 1 and not rows[-1].strip():
+        rows.pop()  # a trailing row break
+    entries = [row.split("&") for row in rows]
+    if any(len(row) != len(entries[0]) for row in entries) or not all(e.strip() for r in entries for e in r):
+        return None
+    return factor, entries
+
+
+def _scaled(factor: str, entry: str) -> str:
+    """``factor`` times a matrix entry as a normalised answer (exact for simple numbers)."""
+    entry = normalize_answer(entry)
+    if factor in ("", "+"):
+        return entry
+    f = Fraction(-1) if factor == "-" else _to_fraction(normalize_answer(factor))
+    e = _to_fraction(entry)
+    if f is not None and e is not None:
+        return str(f * e)
+    return normalize_answer(f"-({entry})" if factor == "-" else f"{factor}\\cdot({entry})")
+
+
+def _match_unordered(given: list[str], truth: list[str], deadline: float) -> bool:
+    """Whether the elements pair off one to one as equivalent answers, in any order."""
+    if len(given) != len(truth):
+        return False
+    left = [normalize_answer(b) for b in truth]
+    for a in given:
+        a = normalize_answer(a)
+        hit = next((i for i, b in enumerate(left) if _equivalent(a, b, deadline)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
 
 
 def _equivalent(given: str, truth: str, deadline: float) -> bool:
@@ -271,6 +428,15 @@ def _equivalent(given: str, truth: str, deadline: float) -> bool:
     fg, ft = _to_fraction(given), _to_fraction(truth)
     if fg is not None and ft is not None:
         return fg == ft
+    mg, mt = _as_matrix(given), _as_matrix(truth)
+    if mg is not None or mt is not None:  # a matrix equals a matrix of its shape, entry by entry
+        if mg is None or mt is None or len(mg[1]) != len(mt[1]) or len(mg[1][0]) != len(mt[1][0]):
+            return False
+        return all(_equivalent(_scaled(mg[0], a), _scaled(mt[0], b), deadline)
+                   for row_g, row_t in zip(mg[1], mt[1]) for a, b in zip(row_g, row_t))
+    ug, ut = _split_union(given), _split_union(truth)
+    if ug is not None or ut is not None:  # unions: the same intervals (a set of them, any order)
+        return ug is not None and ut is not None and _match_unordered(ug, ut, deadline)
     sg, st = _as_sequence(given), _as_sequence(truth)
     if sg is not None or st is not None:
         if sg is None or st is None or sg[0] != st[0] or len(sg[1]) != len(st[1]):
@@ -278,14 +444,7 @@ def _equivalent(given: str, truth: str, deadline: float) -> bool:
         if sg[0] != "set":  # tuples and intervals: ordered
             return all(_equivalent(normalize_answer(a), normalize_answer(b), deadline)
                        for a, b in zip(sg[1], st[1]))
-        left = [normalize_answer(b) for b in st[1]]
-        for a in sg[1]:  # unordered lists and sets: match each element once
-            a = normalize_answer(a)
-            hit = next((i for i, b in enumerate(left) if _equivalent(a, b, deadline)), None)
-            if hit is None:
-                return False
-            left.pop(hit)
-        return True
+        return _match_unordered(sg[1], st[1], deadline)  # lists and sets: in any order
     if re.fullmatch(r"[a-zA-Z ]{2,}", given) and re.fullmatch(r"[a-zA-Z ]{2,}", truth):
         return given.casefold() == truth.casefold()  # plain words: no need for sympy
     return _math_verify(given, truth, deadline - time.monotonic())

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import PRM800K_SAMPLE
 from prm.cli.data import main
 from prm.data.arith import generate_problems
+from prm.data.prm800k import read_prm800k
 from prm.data.problems import read_problems
 from prm.data.stepwise import read_stepwise
 
@@ -99,3 +103,34 @@ def test_convert_skip_invalid_counts_skipped_lines(tmp_path: Path, capsys: pytes
     assert main(["convert", str(broken), str(out), "--skip-invalid"]) == 0
     assert "skipped 1 invalid line(s)" in capsys.readouterr().err
     assert len(read_stepwise(out)) == 2
+
+
+STEPWISE_LINES = ['{"prompt": "p", "completions": ["a", "b"], "labels": [1.0, 0.0]}',
+                  '{"prompt": "q", "completions": ["c"], "labels": [null]}']
+PROBLEM_LINES = ['{"id": "a", "problem": "1+1?", "answer": "2"}', '{"id": "b", "problem": "2+2?", "answer": 4}']
+
+
+@pytest.mark.parametrize(
+    ("fmt", "lines", "read", "expected"),
+    [
+        ("stepwise", STEPWISE_LINES, read_stepwise, 2),
+        ("problems", PROBLEM_LINES, read_problems, 2),
+        ("prm800k", SAMPLE.read_text(encoding="utf-8").splitlines()[:3], read_prm800k, 3),
+    ],
+)
+def test_byte_order_mark_is_valid_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str, lines: list[str],
+    read: Callable[[Path], list[Any]], expected: int,
+) -> None:
+    """A JSONL file saved with a UTF-8 byte-order mark and CRLF line ends (as some Windows editors do)."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(codecs.BOM_UTF8 + ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+    assert len(read(path)) == expected
+    assert main(["validate", str(path)]) == 0  # format auto-detected from the first line
+    assert f"format {fmt}, {expected} valid record(s)" in capsys.readouterr().out
+    assert main(["validate", str(path), "--format", fmt]) == 0
+    assert main(["stats", str(path)]) == 0
+    if fmt == "prm800k":
+        out = tmp_path / "converted.jsonl"
+        assert main(["convert", str(path), str(out)]) == 0
+        assert len(read_stepwise(out)) == 3

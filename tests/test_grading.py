@@ -100,6 +100,61 @@ GRADE_CASES: list[tuple[str, str, bool]] = [
     ("x^2+2x+1", "(x+1)^2", True),
     ("2^{10}", "1024", True),
     ("\\boxed{\\frac{1}{2}}", "1/2", True),
+    # unions of intervals: interval by interval, brackets and every endpoint checked
+    ("(-\\infty,-2)\\cup(3,\\infty)", "(-\\infty, -2) \\cup (3, \\infty)", True),
+    ("(3,\\infty)\\cup(-\\infty,-2)", "(-\\infty,-2)\\cup(3,\\infty)", True),  # a set of intervals
+    ("(-\\infty,-2)U(3,\\infty)", "(-\\infty,-2)\\cup(3,\\infty)", True),
+    ("[\\frac{1}{2},2]\\cup(3,4]", "[0.5,2]\\cup(3,4]", True),
+    ("x \\in (-\\infty,-2)\\cup(3,\\infty)", "(-\\infty,-2)\\cup(3,\\infty)", True),
+    ("(-\\infty,-2)\\cup(3,\\infty)", "(-\\infty,-2]\\cup[3,\\infty)", False),  # inner brackets
+    ("[1,2]\\cup(3,4]", "[1,2]\\cup[3,4]", False),
+    ("[1,2]\\cup(3,4]", "[1,2]\\cup(3,5]", False),  # an inner endpoint
+    ("[1,2]\\cup(3,4]", "[1,3]\\cup(3,4]", False),
+    ("[1,2]\\cup(3,4]", "[1,2]\\cap(3,4]", False),  # intersection is not union
+    ("[1,2]\\cup(3,4]", "[1,4]", False),
+    ("[1,2]\\cup(3,4]", "[1,2]\\cup(3,4]\\cup(5,6)", False),
+    ("(1,2)", "(1,2)\\cup(2,3)", False),
+    # matrices: shape and every entry; a scalar factor in front is multiplied in
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", True),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{bmatrix}1\\\\2\\end{bmatrix}", True),
+    ("\\begin{pmatrix}\\frac{1}{2} & 0 \\\\ 0 & 1\\end{pmatrix}", "\\begin{bmatrix}0.5&0\\\\0&1\\end{bmatrix}", True),
+    ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\4\\end{pmatrix}", True),
+    ("-\\begin{pmatrix}1\\\\-2\\end{pmatrix}", "\\begin{pmatrix}-1\\\\2\\end{pmatrix}", True),
+    ("\\frac{1}{2}\\begin{pmatrix}1\\\\\\sqrt{3}\\end{pmatrix}",
+     "\\begin{pmatrix}1/2\\\\ \\frac{\\sqrt3}{2}\\end{pmatrix}", True),
+    ("\\left(\\begin{array}{cc}1&2\\\\3&4\\end{array}\\right)", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+    ("\\mathbf{v} = \\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    ("\\begin{pmatrix}1 \\\\ 2\\end{pmatrix}", "\\begin{pmatrix}12\\end{pmatrix}", False),  # the row break
+    ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),  # shape
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}", False),
+    ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),
+    ("\\begin{vmatrix}1&2\\\\3&4\\end{vmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", False),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)", False),
+    # a \pm answer is the unordered pair of its two values
+    ("3\\pm\\sqrt{2}", "3+\\sqrt{2}, 3-\\sqrt{2}", True),
+    ("3\\pm\\sqrt{2}", "3-\\sqrt{2}, 3+\\sqrt{2}", True),
+    ("\\pm 2", "2,-2", True),
+    ("\\pm 2", "-2, 2", True),
+    ("x = \\frac{-1\\pm\\sqrt{5}}{2}", "\\frac{-1+\\sqrt5}{2}, \\frac{-1-\\sqrt5}{2}", True),
+    ("3\\pm\\sqrt{2}", "3+\\sqrt{2}", False),
+    ("3\\pm\\sqrt{2}", "3+\\sqrt{2}, 3+\\sqrt{2}", False),
+    ("3\\pm\\sqrt{2}", "3\\pm\\sqrt{3}", False),
+    ("\\pm 2", "2", False),
+    # unit text after any math expression; text-only answers stay text
+    ("12\\pi \\text{ inches per second}", "12\\pi", True),
+    ("5\\sqrt{2}\\text{ cm}", "5\\sqrt{2}", True),
+    ("\\frac{\\pi}{2}\\mbox{ radians}", "\\frac{\\pi}{2}", True),
+    ("5\\sqrt{2}\\text{ cm}", "5\\sqrt{3}", False),
+    ("5\\text{ million}", "5", False),  # a word that changes the value is not a unit
+    ("5 million", "5", False),
+    ("\\text{(A)}", "A", True),
+    ("\\text{(A)}", "B", False),
+    ("\\text{Monday}", "\\text{Tuesday}", False),
+    # "<variable> \in" prefixes, Greek letters included
+    ("\\theta \\in [0, \\pi]", "[0,\\pi]", True),
+    ("x\\in(1,2)", "(1,2)", True),
+    ("\\alpha = 3", "3", True),
+    ("\\theta \\in [0, \\pi]", "[0,\\pi)", False),
     # empty and missing
     ("", "3", False),
     ("3", "", False),
@@ -131,6 +186,10 @@ def test_grade_answer_table(given_: str, truth: str, expected: bool) -> None:
         ("\\pi r^2", "\\pi r^2"),  # the space that separates a command from a letter stays
         ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
         ("2x", "2x"),  # a variable is not a unit
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),  # rows kept
+        ("12\\pi \\text{ inches per second}", "12\\pi"),
+        ("\\text{Monday}", "Monday"),
+        ("\\theta \\in [0, \\pi]", "[0,\\pi]"),
     ],
 )
 def test_normalize_answer(raw: str, normal: str) -> None:

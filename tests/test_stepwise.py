@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,11 @@ def test_missing_empty_and_directory_inputs(tmp_path: Path) -> None:
         read_stepwise(empty)
     with pytest.raises(DataError, match="is a directory"):
         read_stepwise(tmp_path)
+
+
+def test_byte_order_mark_crlf_and_trailing_blank_lines_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "windows.jsonl"  # as some Windows editors save it
+    lines = [json.dumps(ex.to_dict()) for ex in EXAMPLES]
+    path.write_bytes(codecs.BOM_UTF8 + ("\r\n".join(lines) + "\r\n\r\n\r\n").encode("utf-8"))
+    back = read_stepwise(path)
+    assert [e.to_dict() for e in back] == [e.to_dict() for e in EXAMPLES]

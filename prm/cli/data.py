@@ -31,7 +31,7 @@ def detect_format(path: Path) -> str:
     """Guess a file's format from its first decodable line."""
     if not path.exists():
         raise DataError("file not found", path=path)
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # as read_jsonl reads it: a byte-order mark is dropped
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue

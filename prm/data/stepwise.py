@@ -89,6 +89,7 @@ def read_jsonl(
 
     Bad JSON or a ``DataError`` from ``parse`` stops the read with that error, or, with
     ``skip_invalid``, is recorded in ``report`` and skipped. A missing or empty file is an error.
+    A UTF-8 byte-order mark, CRLF line ends and blank lines (trailing ones too) are accepted.
     """
     path = Path(path)
     if not path.exists():
@@ -97,7 +98,7 @@ def read_jsonl(
         raise DataError("is a directory, expected a JSONL file", path=path)
     report = report if report is not None else SkipReport()
     out: list[T] = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is dropped
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue

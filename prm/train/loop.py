@@ -40,7 +40,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from prm.io import atomic_write_text, write_json
+from prm.io import atomic_write_text, read_resumable_jsonl, write_json, write_jsonl
 from prm.train.batching import padding_fraction, plan_batches
 
 Batch = Any
@@ -191,12 +191,12 @@ class MetricsLogger:
             self.wandb_run = self._init_wandb(run_dir, logger_cfg, config)
 
     def _truncate(self, resume_step: int) -> None:
-        """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
+        """Drop lines logged after the checkpoint we resume from (they will be logged again), and
+        a line torn by a crash."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-        atomic_write_text(self.path, "".join(kept))
+        rows = read_resumable_jsonl(self.path)
+        write_jsonl(self.path, (row for row in rows if row.get("step", 0) <= resume_step))
 
     @staticmethod
     def _init_wandb(run_dir: Path, logger_cfg: Mapping[str, Any], config: Mapping[str, Any] | None) -> Any:
@@ -613,8 +613,5 @@ def _save_final(model: Any, tokenizer: Any, path: Path) -> None:
 
 
 def load_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of ``run_dir/metrics.jsonl`` (empty if none)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The rows of ``run_dir/metrics.jsonl`` (empty if none; a line torn by a crash is left out)."""
+    return read_resumable_jsonl(Path(run_dir) / METRICS_FILE)

@@ -47,7 +47,7 @@ from prm.models.loading import ModelLoadError, TinyGPTConfig, load_tokenizer, pa
 from prm.models.prm_inputs import encode_steps
 from prm.models.prm_model import build_prm
 from prm.prm_loss import PRMLoss, class_weights, flat_targets, prm_collate, token_logits_of
-from prm.steps import StepFormat
+from prm.steps import StepFormat, save_step_format
 from prm.train.loop import Callback, TrainConfig, train
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -310,7 +310,8 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
     except (TypeError, ValueError) as e:
         raise PRMTrainConfigError(f"train: {e}") from e
     try:
-        fmt = StepFormat(separator=str(cfg.separator))
+        fmt = StepFormat(style=str(cfg.get("style", "plain")), separator=str(cfg.separator),  # type: ignore[arg-type]
+                         answer_marker=str(cfg.get("answer_marker", "# Answer")))
     except ValueError as e:
         raise PRMTrainConfigError(f"separator: {e}") from e
 
@@ -385,6 +386,7 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
         "train_loss": result.metrics.get("loss"),
     }
     if main_process:
+        save_step_format(result.model_dir, fmt)  # scorers read the PRM's format from here
         bf16 = train_cfg.mixed_precision == "bf16"
         batch = train_cfg.eval_batch_size or train_cfg.batch_size or 64
         if val_data:

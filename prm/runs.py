@@ -1,4 +1,10 @@
-"""Run directories: cached pipeline stages that are redone only when their config changed.
+"""Run directories: cached pipeline stages, resume identities and model fingerprints.
+
+A resumable run (prm-search, a sweep cell, prm-sample) records ``identity.json``: what must not
+change between a run and its resumption, including a fingerprint of every model directory it reads
+(``model_fingerprint``: config and weights), so a model retrained at the same path never reuses
+old results (``check_identity``).
+
 
 A stage writes its outputs into its own folder and, last, ``stage.json`` with the config it ran
 with. A later run with the same config reuses the outputs; a different config (or a stage that
@@ -10,11 +16,15 @@ resumes another config's checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from prm.io import write_json
+
+IDENTITY = "identity.json"
+_EDGE = 1 << 20  # bytes hashed at each end of a large weight file
 
 MARKER = "stage.json"
 STARTED = "stage.started.json"
@@ -66,3 +76,45 @@ def mark_stage_done(stage_dir: str | Path, config: dict[str, Any], **info: Any) 
 def stage_info(stage_dir: str | Path) -> dict[str, Any]:
     """What ``mark_stage_done`` recorded for a finished stage."""
     return json.loads((Path(stage_dir) / MARKER).read_text())
+
+
+def model_fingerprint(path: str | Path | None) -> str | None:
+    """A short hash of a model directory's contents: its config/format/tokenizer JSON files in full
+    and each weight file's size with its first and last MiB (changed weights change both ends of a
+    safetensors file in practice; a full hash of a multi-GB checkpoint would cost minutes). None
+    for None or a path that is not a directory (a hub name, a model object)."""
+    if path is None:
+        return None
+    d = Path(str(path)).expanduser()
+    if not d.is_dir():
+        return None
+    h = hashlib.blake2b(digest_size=12)
+    for f in sorted(d.rglob("*")):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        rel = f.relative_to(d).as_posix()
+        if f.suffix == ".json" or f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".model", ".txt"):
+            size = f.stat().st_size
+            h.update(f"{rel}\x1f{size}\x1e".encode())
+            with f.open("rb") as fh:
+                if size <= 2 * _EDGE:
+                    h.update(fh.read())
+                else:
+                    h.update(fh.read(_EDGE))
+                    fh.seek(size - _EDGE)
+                    h.update(fh.read(_EDGE))
+    return h.hexdigest()
+
+
+def check_identity(run_dir: str | Path, ident: dict[str, Any], what: str = "results") -> None:
+    """Refuse to resume ``run_dir`` when its ``identity.json`` differs from ``ident``; else record ``ident``."""
+    path = Path(run_dir) / IDENTITY
+    ident = json.loads(json.dumps(ident, default=str))
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+        if changed:
+            raise ValueError(f"{run_dir} holds results of a different run ({what}; {', '.join(changed)} changed: "
+                             f"{ {k: old.get(k) for k in changed} } -> { {k: ident.get(k) for k in changed} }); "
+                             f"use another run_dir or delete it")
+    write_json(path, ident)

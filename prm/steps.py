@@ -19,6 +19,13 @@ Two solution formats share one separator (default ``"\\n"``, one step per line):
       </reasoning>
       <answer>5</answer>
 
+**The answer is the last step** of a finished solution (PRM800K's convention): ``solution_steps``
+returns the reasoning steps and then the answer step (plain: the answer line from its marker to
+the end, e.g. ``# Answer: 5`` or ``# Answer\n\n5``; tagged: from ``</reasoning>``, or from
+``<answer>`` when the reasoning was never closed, to the end). Training data, prm-eval, search and
+RL all split with it, so a PRM scores exactly the steps it learned. A solution cut off before its
+answer has no answer step; blank lines are never steps.
+
 Splitting is tolerant of what models really write (blank lines, stray whitespace, missing or
 unclosed tags, text outside tags) and never raises; joining is exact, so well-formed solutions
 round-trip. The module also maps steps to characters and characters to tokens: a PRM's label
@@ -29,9 +36,11 @@ rewards all come from here; no other file hard-codes a separator.
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 REASONING_OPEN = "<reasoning>"
@@ -62,6 +71,40 @@ class StepFormat:
         """The stop string that ends one generated step."""
         return self.separator
 
+    def to_dict(self) -> dict[str, str]:
+        return {"style": self.style, "separator": self.separator, "answer_marker": self.answer_marker,
+                "answer_joiner": self.answer_joiner}
+
+    def mismatch(self, other: StepFormat) -> list[str]:
+        """The fields that change how steps are split (style, separator, answer marker) and differ."""
+        return [f"{k}: {getattr(self, k)!r} vs {getattr(other, k)!r}" for k in ("style", "separator", "answer_marker")
+                if getattr(self, k) != getattr(other, k)]
+
+
+FORMAT_FILE = "step_format.json"
+"""Saved beside a trained PRM's weights: the step format it was trained with."""
+
+
+def save_step_format(model_dir: str | Path, fmt: StepFormat) -> Path:
+    """Record the step format a model was trained with in ``model_dir/step_format.json``."""
+    path = Path(model_dir) / FORMAT_FILE
+    path.write_text(json.dumps(fmt.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_step_format(model_dir: str | Path | None) -> StepFormat | None:
+    """The step format saved beside a model (None when the directory has none); bad files are clear errors."""
+    if model_dir is None:
+        return None
+    path = Path(str(model_dir)) / FORMAT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        return StepFormat(**{k: data[k] for k in ("style", "separator", "answer_marker", "answer_joiner") if k in data})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not a step format ({e})") from None
+
 
 PLAIN = StepFormat()
 TAGGED = StepFormat(style="tagged")
@@ -69,11 +112,17 @@ TAGGED = StepFormat(style="tagged")
 
 @dataclass
 class ParsedSolution:
-    """A solution split into steps and its final answer."""
+    """A solution split into its reasoning steps, its answer step and its final answer."""
 
-    steps: list[str]
+    steps: list[str]  # the reasoning steps (not the answer step)
     answer: str | None  # None when there is no answer line / answer tag
     finished: bool  # a non-empty answer was found (tagged: and the reasoning was closed or never opened)
+    answer_step: str | None = None  # the answer step as written (stripped); None when the answer never started
+
+    @property
+    def labelled_steps(self) -> list[str]:
+        """Every step a PRM labels and scores: the reasoning steps, then the answer step if any."""
+        return self.steps + ([self.answer_step] if self.answer_step is not None else [])
 
 
 @dataclass(frozen=True)
@@ -102,24 +151,26 @@ def _steps_in(text: str, lo: int, hi: int, sep: str) -> list[_Step]:
     return steps
 
 
-def _parse_plain(text: str, fmt: StepFormat) -> tuple[list[_Step], str | None]:
+def _parse_plain(text: str, fmt: StepFormat) -> tuple[list[_Step], str | None, int]:
+    """Steps, answer and where the answer step starts (-1: no answer line)."""
     marker, sep = fmt.answer_marker, fmt.separator
     start = 0
     while True:  # find the first line that starts (after indentation) with the marker
         cut = text.find(sep, start)
         line = text[start:] if cut == -1 else text[start:cut]
         if line.lstrip().startswith(marker):
-            at = start + len(line) - len(line.lstrip()) + len(marker)
-            answer = text[at:].strip()
+            head = start + len(line) - len(line.lstrip())
+            answer = text[head + len(marker):].strip()
             if answer.startswith(":"):
                 answer = answer[1:].strip()
-            return _steps_in(text, 0, start, sep), answer
+            return _steps_in(text, 0, start, sep), answer, head
         if cut == -1:
-            return _steps_in(text, 0, len(text), sep), None
+            return _steps_in(text, 0, len(text), sep), None, -1
         start = cut + len(sep)
 
 
-def _parse_tagged(text: str, fmt: StepFormat) -> tuple[list[_Step], str | None, bool]:
+def _parse_tagged(text: str, fmt: StepFormat) -> tuple[list[_Step], str | None, bool, int]:
+    """Steps, answer, whether the reasoning is done, and where the answer step starts (-1: none)."""
     opened = text.find(REASONING_OPEN)
     lo = 0 if opened == -1 else opened + len(REASONING_OPEN)
     closed = text.find(REASONING_CLOSE, lo)
@@ -130,15 +181,24 @@ def _parse_tagged(text: str, fmt: StepFormat) -> tuple[list[_Step], str | None, 
         a_lo = answer_at + len(ANSWER_OPEN)
         a_hi = text.find(ANSWER_CLOSE, a_lo)
         answer = text[a_lo : len(text) if a_hi == -1 else a_hi].strip()
-    return _steps_in(text, lo, hi, fmt.separator), answer, closed != -1 or opened == -1
+    answer_start = closed if closed != -1 else answer_at
+    return _steps_in(text, lo, hi, fmt.separator), answer, closed != -1 or opened == -1, answer_start
 
 
-def _parse(text: str, fmt: StepFormat) -> tuple[list[_Step], str | None, bool]:
+def _parse(text: str, fmt: StepFormat) -> tuple[list[_Step], str | None, bool, _Step | None]:
+    """Reasoning steps, answer, finished, and the answer step's span (None: no answer step)."""
     if fmt.style == "tagged":
-        steps, answer, reasoning_done = _parse_tagged(text, fmt)
+        steps, answer, reasoning_done, at = _parse_tagged(text, fmt)
     else:
-        (steps, answer), reasoning_done = _parse_plain(text, fmt), True
-    return steps, answer, bool(answer) and reasoning_done
+        (steps, answer, at), reasoning_done = _parse_plain(text, fmt), True
+    answer_step = None
+    if at != -1:
+        body = text[at:].rstrip()
+        while fmt.separator.strip() and body.endswith(fmt.separator):  # a non-blank separator left at the end
+            body = body[: -len(fmt.separator)].rstrip()
+        end = at + len(body)
+        answer_step = _Step(at, end, end - 1)
+    return steps, answer, bool(answer) and reasoning_done, answer_step
 
 
 def split_solution(text: str, fmt: StepFormat = PLAIN) -> ParsedSolution:
@@ -151,8 +211,17 @@ def split_solution(text: str, fmt: StepFormat = PLAIN) -> ParsedSolution:
     or the start, to the close tag, or the answer tag, or the end); the answer is the first
     answer tag after the reasoning, read to its close tag or the end.
     """
-    steps, answer, finished = _parse(text, fmt)
-    return ParsedSolution([text[s.start : s.end] for s in steps], answer, finished)
+    steps, answer, finished, ans = _parse(text, fmt)
+    return ParsedSolution([text[s.start : s.end] for s in steps], answer, finished,
+                          None if ans is None else text[ans.start : ans.end])
+
+
+def solution_steps(text: str, fmt: StepFormat = PLAIN) -> list[str]:
+    """The steps of a solution as a PRM labels and scores them: reasoning steps, then the answer step.
+
+    The one split used by training data, prm-eval, search and RL (see the module docstring).
+    """
+    return split_solution(text, fmt).labelled_steps
 
 
 def join_solution(steps: Sequence[str], answer: str | None, fmt: StepFormat = PLAIN) -> str:
@@ -214,11 +283,12 @@ def scoring_text(prompt: str, steps: Sequence[str], fmt: StepFormat = PLAIN) -> 
 def step_end_chars(text: str, fmt: StepFormat = PLAIN, start: int = 0) -> list[int]:
     """The end-character index (in ``text``) of each step of the solution ``text[start:]``.
 
-    Steps are those ``split_solution`` finds (so not the answer line); a step ends at the
-    separator that follows it, or at its own last character when no separator follows.
+    Steps are those ``solution_steps`` finds, the answer step included (its last character); a
+    reasoning step ends at the separator that follows it, or at its own last character when no
+    separator follows. RL puts each step's reward on the token holding this character.
     """
-    steps, _, _ = _parse(text[start:], fmt)
-    return [start + s.end_char for s in steps]
+    steps, _, _, ans = _parse(text[start:], fmt)
+    return [start + s.end_char for s in (*steps, *([ans] if ans is not None else []))]
 
 
 def step_end_token_indices(offsets: Sequence[tuple[int, int]], end_chars: Sequence[int]) -> list[int]:

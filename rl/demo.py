@@ -114,14 +114,16 @@ def main(cfg: DictConfig) -> None:
     summaries["test"] = run_stage("test", "sample", [*world, f"policy={policy}", *s.test], sample.run, run_dir,
                                   after=("sft",))
     summaries["prm"] = run_stage("prm", "prm_train", [
-        f"init_from={policy}", f"data.path={run_dir / 'prm_data' / 'samples.jsonl'}", *s.prm], prm_train.run, run_dir,
+        f"init_from={policy}", f"data.path={run_dir / 'prm_data' / 'samples.jsonl'}", f"style={cfg.data.format}",
+        *s.prm], prm_train.run, run_dir,
         after=("sft", "prm_data"))
     prm_model = str(run_dir / "prm" / "model")
     test_samples = f"data.path={run_dir / 'test' / 'samples.jsonl'}"
     summaries["eval_prm"] = run_stage("eval_prm", "prm_eval", [
         f"scorer.model_or_path={prm_model}", test_samples, *s.eval], prm_eval.run, run_dir, after=("prm", "test"))
     summaries["eval_oracle"] = run_stage("eval_oracle", "prm_eval", [
-        "scorer=oracle", f"scorer.modulus={_override_value(cfg.data.world.modulus)}", test_samples, *s.eval],
+        "scorer=oracle", f"scorer.world.world.modulus={_override_value(cfg.data.world.modulus)}",
+        f"scorer.world.format={cfg.data.format}", test_samples, *s.eval],
         prm_eval.run, run_dir, after=("test",))
     summaries["eval_likelihood"] = run_stage("eval_likelihood", "prm_eval", [
         "scorer=likelihood", f"scorer.model_or_path={policy}", test_samples, *s.eval], prm_eval.run, run_dir,

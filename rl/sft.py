@@ -29,22 +29,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.data.arith import (
-    ARITH_FORMAT,
-    ArithConfig,
-    Problem,
-    generate_problems,
-    label_solution,
-    sample_training_solution,
-    solution_text,
-)
+from prm.data.arith import ARITH_FORMAT, sample_training_solution, solution_text
 from prm.data.errors import DataError
 from prm.data.stepwise import StepwiseExample, read_jsonl
 from prm.io import atomic_write_text, write_json
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_causal_lm, load_tokenizer, parameter_count
-from prm.steps import PLAIN, TAGGED, StepFormat, join_solution, policy_prompt
+from prm.steps import PLAIN, TAGGED, StepFormat, is_answer_step, join_solution, policy_prompt, solution_prefix
 from prm.train.batching import IGNORE_INDEX, pad_collate
 from prm.train.loop import TrainConfig, load_metrics, train
+from prm.worlds import ArithWorld, Task, World, make_world
 from search.generation.hf import HFGenerator
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -61,7 +54,7 @@ class Pair:
 
     prompt: str
     solution: str
-    problem: Problem | None = None  # arithmetic world only: for exact grading
+    task: Task | None = None  # the world's task (arithmetic world)
 
 
 def require(node: DictConfig, key: str, where: str, what: str) -> None:
@@ -83,25 +76,23 @@ def step_format(name: str, *, arith: bool = False) -> StepFormat:
 # ---------------------------------------------------------------- data
 
 
-def arith_pairs(data_cfg: DictConfig) -> tuple[list[Pair], ArithConfig, StepFormat]:
-    """The world's problems, each with ``samples_per_problem`` training solutions (injected errors)."""
-    world = world_from_config(data_cfg)
-    fmt = step_format(data_cfg.get("format", "plain"), arith=True)
+def arith_pairs(data_cfg: DictConfig) -> tuple[list[Pair], ArithWorld]:
+    """The world's training problems (never a held-out one), each with ``samples_per_problem``
+    training solutions with injected errors."""
+    try:
+        world = make_world(data_cfg)
+    except (TypeError, ValueError) as e:
+        raise SFTConfigError(str(e)) from e
+    assert isinstance(world, ArithWorld)
     rng = random.Random(f"sft-solutions-{data_cfg.seed}")
+    draw = world.problems("train", int(data_cfg.n_problems), int(data_cfg.seed))
+    print(f"[sft] training problems: {draw.report()}")
     pairs = [
-        Pair(p.prompt, sample_training_solution(p, world, rng, fmt), p)
-        for p in generate_problems(int(data_cfg.n_problems), world, int(data_cfg.seed))
+        Pair(t.prompt, sample_training_solution(t.data, world.config, rng, world.fmt), t)
+        for t in draw.tasks
         for _ in range(int(data_cfg.get("samples_per_problem", 1)))
     ]
-    return pairs, world, fmt
-
-
-def world_from_config(data_cfg: DictConfig) -> ArithConfig:
-    """The ``ArithConfig`` of a ``data/arith`` config group (bad values name the field)."""
-    try:
-        return ArithConfig.from_dict(OmegaConf.to_container(data_cfg.world, resolve=True))
-    except (TypeError, ValueError) as e:
-        raise SFTConfigError(f"data.world: {e}") from e
+    return pairs, world
 
 
 def parse_pair(obj: Any, line: int, *, path: str | Path, fmt: StepFormat, only_on_track: bool) -> Pair | None:
@@ -111,7 +102,9 @@ def parse_pair(obj: Any, line: int, *, path: str | Path, fmt: StepFormat, only_o
         if only_on_track and not all(lab == 1.0 for lab in ex.labels):
             return None
         answer = ex.extra.get("answer")
-        if answer is not None:
+        if ex.completions and is_answer_step(ex.completions[-1], fmt):  # the answer is the last step
+            solution = solution_prefix(ex.completions[:-1], fmt) + ex.completions[-1]
+        elif answer is not None:
             solution = join_solution(ex.completions, str(answer), fmt)
         else:
             solution = fmt.separator.join(ex.completions)
@@ -227,21 +220,21 @@ def context_length(model: PreTrainedModel) -> int | None:
 # ---------------------------------------------------------------- greedy accuracy (arithmetic world)
 
 
-def greedy_accuracy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, problems: Sequence[Problem],
-                    fmt: StepFormat = ARITH_FORMAT, *, batch_size: int = 256) -> float:
-    """Share of problems whose greedy solution (the project's HF generator) has the right answer."""
-    if not problems:
+def greedy_accuracy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, world: World, tasks: Sequence[Task],
+                    *, batch_size: int = 256) -> float:
+    """Share of tasks whose greedy solution (the project's HF generator) the world grades right."""
+    if not tasks:
         return float("nan")
     was_training = model.training
     device = next(model.parameters()).device
     gen = HFGenerator(model, tok, device=device, batch_size=batch_size)
     # room for a correct solution with the widest numbers, and a few tokens more
-    longest = max(len(tok(solution_text(p, fmt) + "9" * 2 * p.difficulty, add_special_tokens=False).input_ids)
-                  for p in problems)
-    outs = gen.generate([policy_prompt(p.prompt, fmt) for p in problems], n=1, temperature=0.0,
+    longest = max(len(tok(solution_text(t.data, world.fmt) + "9" * 2 * (t.difficulty or 1),
+                          add_special_tokens=False).input_ids) for t in tasks)
+    outs = gen.generate([policy_prompt(t.prompt, world.fmt) for t in tasks], n=1, temperature=0.0,
                         max_new_tokens=longest + 8)
     model.train(was_training)
-    return sum(label_solution(p, g[0].text, fmt).correct for p, g in zip(problems, outs)) / len(problems)
+    return sum(world.grade(t, g[0].text) for t, g in zip(tasks, outs)) / len(tasks)
 
 
 # ---------------------------------------------------------------- the app
@@ -262,11 +255,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(f"[sft] model: {parameter_count(model):,} parameters ({type(model).__name__})")
 
     source = cfg.data.get("source")
+    world: ArithWorld | None = None
     if source == "arith":
-        pairs, world, fmt = arith_pairs(cfg.data)
+        pairs, world = arith_pairs(cfg.data)
     elif source in ("stepwise", "jsonl"):
-        pairs, fmt = jsonl_pairs(cfg.data, bool(cfg.only_on_track))
-        world = None
+        pairs, _ = jsonl_pairs(cfg.data, bool(cfg.only_on_track))
     else:
         raise SFTConfigError(f"data source {source!r} is not supported by prm-sft (use data=arith or data=stepwise)")
     if not pairs:
@@ -316,10 +309,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     if source == "arith" and int(cfg.eval_problems) > 0:
         assert world is not None
-        seen = {p.prompt for p in pairs}
-        held_out = [p for p in generate_problems(int(cfg.eval_problems) * 2, world, int(cfg.data.seed) + 1_000_003)
-                    if p.prompt not in seen][: int(cfg.eval_problems)]
-        acc = greedy_accuracy(model, tok, held_out, fmt)
+        held_out = world.problems("test", int(cfg.eval_problems), int(cfg.data.seed) + 1_000_003).tasks
+        acc = greedy_accuracy(model, tok, world, held_out)
         summary["greedy_accuracy"] = acc
         summary["n_eval_problems"] = len(held_out)
         print(f"[sft] greedy accuracy on {len(held_out)} held-out problems: {acc:.3f}")

@@ -13,11 +13,15 @@ A round:
 1. **EXPAND**: each planned ``Expansion`` (a parent candidate and one subtree id per sample) asks
    the ``Generator`` for ``n`` continuations of ``policy prompt + parent text``: one step (stop at
    ``fmt.step_stop``) or, for best-of-N and the last round, the rest of the solution (no stop).
-   A step that starts the final answer (``prm.steps.is_answer_step``) finishes the candidate; when
-   that answer line stopped before the answer itself (PRM800K's ``"# Answer\\n"`` + ``"\\n5"``,
-   or a tagged ``"</reasoning>"``), the candidate is continued to the end of its solution in one
-   more call, and the whole rest is its answer step. A sample ending with EOS finishes it too; one
-   cut by ``max_new_tokens`` ("length") cannot be continued sensibly and finishes as well.
+   The new steps are what ``prm.steps.solution_steps`` finds in the candidate's whole text beyond
+   its parent's steps, the same split as the PRM's training data: blank lines are not steps, and
+   the answer step (from the answer marker / ``</reasoning>`` to the end) is the last step and
+   finishes the candidate. When that answer line stopped before the answer itself (PRM800K's
+   ``"# Answer\\n"`` + ``"\\n5"``, or a tagged ``"</reasoning>"``), the candidate is continued to
+   the end of its solution in one more call; a sample that wrote only blank lines is continued
+   with the step stop (up to ``MAX_CONTINUATIONS`` times) instead of spending a round. A sample
+   ending with EOS finishes the candidate too; one cut by ``max_new_tokens`` ("length") cannot be
+   continued sensibly and finishes as well.
 2. **SCORE**: the new steps are scored with ``scorer.extend(parents, new_steps)``, so a PRM with
    a cache runs only the new tokens (a multi-step continuation is extended step by step).
 3. **LOOKAHEAD** (strategies with ``rollout_steps > 0``): each unfinished new candidate is rolled
@@ -26,7 +30,10 @@ A round:
    value for its new step. Only the first step is kept; rollout tokens count as generated compute.
 4. **SELECT**: finished candidates leave the pool for the final choice; the strategy's
    ``select`` sees the round's candidates of one problem and returns the next expansions (which
-   unfinished candidates to keep and how many samples each gets, in which subtree).
+   unfinished candidates to keep and how many samples each gets, in which subtree). Equal values
+   are ordered by each candidate's ``tiebreak``, a uniform draw from the loop's seeded RNG, never
+   by position, so equal scores (0/1 oracle labels, duplicate texts) do not collapse beams onto one
+   lineage and a run reproduces per seed.
 
 The loop stops when no expansion is planned or at ``max_rounds``; with ``finish_at_limit`` the
 last round writes every remaining beam to the end of its solution, otherwise the beams still
@@ -50,12 +57,13 @@ Compute is counted per problem (``search.accounting``).
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prm.scoring.base import Prefix, Scorer, aggregate
-from prm.steps import PLAIN, StepFormat, is_answer_step, policy_prompt, solution_prefix, split_solution
+from prm.steps import PLAIN, StepFormat, policy_prompt, solution_prefix, split_solution
 from prm.voting import vote
 from search.accounting import Compute, apportion
 from search.generation.base import FINISH_EOS, FINISH_LENGTH, Generation, Generator, prompt_token_count
@@ -65,6 +73,12 @@ if TYPE_CHECKING:
 
 FINAL_RULES: tuple[str, ...] = ("prm", "majority", "weighted_majority")
 ROUND_LIMIT = "round_limit"
+MAX_CONTINUATIONS = 3  # blank-only samples continued at most this many times before they cost a round
+
+
+class GenerationError(RuntimeError):
+    """The generator failed on a batch (a runtime, value or I/O error inside ``generate``): an
+    expected per-problem failure that ``prm-search`` isolates; programming errors are not wrapped."""
 
 
 @dataclass(eq=False)
@@ -90,6 +104,7 @@ class Candidate:
     finish_reason: str | None = None
     answer: str | None = None
     round: int = 0
+    tiebreak: float = 0.0  # orders equal values (a seeded uniform draw)
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -182,27 +197,12 @@ def final_choice(finished: Sequence[Candidate], rule: str) -> int | None:
     return vote([c.answer for c in finished], weights).index
 
 
-def split_steps(text: str, fmt: StepFormat = PLAIN) -> list[str]:
-    """The steps a continuation adds, exactly as written (the separator removed, nothing stripped).
-
-    Each separator ends a step; the first step that starts the final answer takes the rest of the
-    text (a multi-line ``"# Answer\\n\\n5"`` is one step; trailing separators dropped).
-    """
-    sep, steps, at = fmt.separator, [], 0
-    while at < len(text):
-        cut = text.find(sep, at)
-        piece = text[at:] if cut == -1 else text[at:cut]
-        if is_answer_step(piece, fmt):
-            rest = text[at:]
-            while rest.endswith(sep):
-                rest = rest[: -len(sep)]
-            steps.append(rest)
-            break
-        steps.append(piece)
-        if cut == -1:
-            break
-        at = cut + len(sep)
-    return steps
+def new_steps(before: str, after: str, fmt: StepFormat = PLAIN) -> tuple[list[str], bool]:
+    """The steps ``after`` (a text extending ``before``) adds beyond ``before``'s steps, as
+    ``prm.steps.solution_steps`` splits both, and whether ``after`` has its answer step."""
+    old = split_solution(before, fmt).labelled_steps
+    new = split_solution(after, fmt)
+    return new.labelled_steps[len(old):], new.answer_step is not None
 
 
 def default_answer(text: str, fmt: StepFormat) -> str | None:
@@ -240,6 +240,7 @@ class SearchLoop:
         self.prompts = [policy_prompt(p, fmt) for p in self.problems]
         self.results = [SearchResult(p) for p in self.problems]
         self.calls = 0
+        self.ties = random.Random(derive_seed(settings.seed, "ties"))
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> list[SearchResult]:
@@ -295,12 +296,13 @@ class SearchLoop:
         drafts = [(e.parent, e.groups[k], p) for e, ps in zip(plans, pieces) for k, p in enumerate(ps)]
         for e in plans:
             self.results[e.parent.problem].compute.samples += e.n
-        step_lists = [split_steps(p.text, self.fmt) for _, _, p in drafts]
+        split = [new_steps(parent.text, parent.text + p.text, self.fmt) for parent, _, p in drafts]
+        step_lists = [steps for steps, _ in split]
         handles = self._score_chains([d[0].prefix for d in drafts], step_lists, [d[0].problem for d in drafts])
         cands = []
-        for (parent, group, piece), steps, handle in zip(drafts, step_lists, handles):
+        for (parent, group, piece), (steps, answered), handle in zip(drafts, split, handles):
             values = parent.values + handle.scores[len(parent.step_scores):]
-            reason = self._terminal(steps, piece.reason)
+            reason = self._terminal(answered, piece.reason)
             text = parent.text + piece.text
             cands.append(Candidate(
                 problem=parent.problem, group=group, prefix=handle, text=text, values=values,
@@ -309,12 +311,14 @@ class SearchLoop:
                 generated_tokens=parent.generated_tokens + piece.tokens, rollout_tokens=parent.rollout_tokens,
                 finished=reason is not None, finish_reason=reason,
                 answer=self.answer_of(parent.problem, text) if reason is not None else None, round=rnd,
+                tiebreak=self.ties.random(),
             ))
         return cands
 
-    def _terminal(self, steps: list[str], reason: str) -> str | None:
+    @staticmethod
+    def _terminal(answered: bool, reason: str) -> str | None:
         """Why a continuation ends its candidate (None: it goes on)."""
-        if any(is_answer_step(s, self.fmt) for s in steps):
+        if answered:
             return "answer"
         if reason == FINISH_EOS:
             return "eos"
@@ -351,11 +355,11 @@ class SearchLoop:
                                   temperature=self.strategy.rollout_temperature, rollout=True)
             still = []
             for r, (piece,) in zip(live, pieces):
-                new = split_steps(piece.text, self.fmt)
+                new, answered = new_steps(texts[r], texts[r] + piece.text, self.fmt)
                 texts[r] += piece.text
                 steps[r] += new
                 tokens[r] += piece.tokens
-                if self._terminal(new, piece.reason) is None:
+                if self._terminal(answered, piece.reason) is None:
                     still.append(r)
             live = still
         ends = self._score_chains([c.prefix for c in cands], steps, [c.problem for c in cands])
@@ -374,23 +378,31 @@ class SearchLoop:
         gens = self._generate(requests, stop=stop, temperature=temperature,
                               max_new_tokens=s.max_solution_tokens if to_end else s.max_step_tokens, rollout=rollout)
         pieces = [[_Piece(g.text, g.finish_reason, g.generated_tokens) for g in samples] for samples in gens]
-        todo = [(r, k) for r, ps in enumerate(pieces) for k, p in enumerate(ps)
-                if self._needs_answer(requests[r][1], p)]
-        if todo:
-            more = self._generate([(requests[r][0], requests[r][1] + pieces[r][k].text, 1) for r, k in todo],
-                                  stop=(), temperature=temperature, max_new_tokens=s.max_step_tokens, rollout=rollout)
-            for (r, k), (g,) in zip(todo, more):
-                p = pieces[r][k]
-                p.text, p.reason, p.tokens = p.text + g.text, g.finish_reason, p.tokens + g.generated_tokens
+        for _ in range(MAX_CONTINUATIONS):
+            todo = [(r, k, kind) for r, ps in enumerate(pieces) for k, p in enumerate(ps)
+                    if (kind := self._unfinished_piece(requests[r][1], p)) is not None]
+            if not todo:
+                break
+            for kind, stops, limit in (("answer", (), s.max_step_tokens), ("blank", stop, s.max_step_tokens)):
+                rows = [(r, k) for r, k, kd in todo if kd == kind]
+                if not rows:
+                    continue
+                more = self._generate([(requests[r][0], requests[r][1] + pieces[r][k].text, 1) for r, k in rows],
+                                      stop=stops, temperature=temperature, max_new_tokens=limit, rollout=rollout)
+                for (r, k), (g,) in zip(rows, more):
+                    p = pieces[r][k]
+                    p.text, p.reason, p.tokens = p.text + g.text, g.finish_reason, p.tokens + g.generated_tokens
         return pieces
 
-    def _needs_answer(self, before: str, piece: _Piece) -> bool:
-        """A step that starts the answer, stopped by the step stop before the answer was written."""
+    def _unfinished_piece(self, before: str, piece: _Piece) -> str | None:
+        """What a stopped sample still lacks: ``answer`` (its answer step stopped before the answer
+        itself), ``blank`` (it added no step, only blank lines), else None."""
         if piece.reason in (FINISH_EOS, FINISH_LENGTH):
-            return False
-        steps = split_steps(piece.text, self.fmt)
-        return bool(steps) and is_answer_step(steps[-1], self.fmt) and not split_solution(before + piece.text,
-                                                                                          self.fmt).answer
+            return None
+        added, answered = new_steps(before, before + piece.text, self.fmt)
+        if answered:
+            return None if split_solution(before + piece.text, self.fmt).answer else "answer"
+        return None if added else "blank"
 
     def _generate(self, requests: list[tuple[int, str, int]], *, stop: tuple[str, ...], temperature: float,
                   max_new_tokens: int, rollout: bool) -> list[list[Generation]]:
@@ -400,9 +412,12 @@ class SearchLoop:
             rows = [r for r, req in enumerate(requests) if req[2] == n]
             seed = derive_seed(self.settings.seed, self.calls)
             self.calls += 1
-            gens = self.generator.generate([self.prompts[requests[r][0]] + requests[r][1] for r in rows], n=n,
-                                           temperature=temperature, top_p=self.settings.top_p,
-                                           max_new_tokens=max_new_tokens, stop=stop, seed=seed)
+            try:
+                gens = self.generator.generate([self.prompts[requests[r][0]] + requests[r][1] for r in rows], n=n,
+                                               temperature=temperature, top_p=self.settings.top_p,
+                                               max_new_tokens=max_new_tokens, stop=stop, seed=seed)
+            except (RuntimeError, ValueError, OSError) as e:
+                raise GenerationError(f"generation failed: {type(e).__name__}: {e}") from e
             if len(gens) != len(rows) or any(len(g) != n for g in gens):
                 raise RuntimeError(f"the generator returned {[len(g) for g in gens]} samples for "
                                    f"{len(rows)} prompts x n={n}")
@@ -429,6 +444,6 @@ def search(problems: Sequence[str], generator: Generator, scorer: Scorer, strate
 
 
 __all__ = [
-    "FINAL_RULES", "ROUND_LIMIT", "Candidate", "Expansion", "SearchLoop", "SearchResult", "SearchSettings",
-    "default_answer", "derive_seed", "final_choice", "search", "split_steps",
+    "FINAL_RULES", "MAX_CONTINUATIONS", "ROUND_LIMIT", "Candidate", "GenerationError", "Expansion", "SearchLoop", "SearchResult", "SearchSettings",
+    "default_answer", "derive_seed", "final_choice", "new_steps", "search",
 ]

@@ -13,19 +13,22 @@ Reads top to bottom (``run``):
 3. the generator (the policy at ``policy``) and the scorer, then the problems in fixed chunks of
    ``problems_per_call`` searched together (``search.loop``), each chunk with its own seed, so a
    resumed run draws exactly what an uninterrupted one would. Each problem's record is appended
-   to ``results.jsonl`` when its chunk finishes. A chunk that raises (any ``Exception``) is retried
-   one problem at a time, and a problem that still fails is recorded with an ``error`` field while
-   the run goes on; a crash of the whole run (a kill, ``KeyboardInterrupt``) propagates.
+   to ``results.jsonl`` when its chunk finishes. Only an expected per-problem failure (a
+   generation or grading error, ``ProblemFailure``) is isolated: the chunk is retried one problem
+   at a time, and a problem that still fails is recorded with an ``error`` field while the run
+   goes on. Any other exception (a programming error, a scorer failure) stops the run with its
+   traceback.
 4. ``summary.json``: accuracy of each final rule (and pass@candidates), overall and by
    difficulty; compute totals and means per problem (``search.accounting``), FLOPs, wall time.
+   Error records are excluded from accuracies and compute means and counted in ``errors``.
 
 A record (one line per problem): ``id``, ``index``, ``prompt``, ``answer`` (reference),
 ``difficulty``; ``candidates`` (every finished candidate: text, steps, step scores, aggregated
 score, search values, answer, correctness, finish reason, round, tokens); ``unfinished`` (beams
 open at the round limit); ``chosen`` (per final rule: index, answer, correctness); ``correct`` (per
 rule) and ``pass``; ``rounds``; ``compute`` and ``flops``; ``wall_time_s`` (the chunk's wall time
-split evenly over its problems); ``error`` (None, or the exception of a failed problem; its
-problem then counts as wrong).
+split evenly over its problems); ``error`` (None, or the failure of a problem; such a record
+takes no part in accuracy or compute).
 """
 
 from __future__ import annotations
@@ -42,19 +45,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from prm.grading import extract_answer
+import inspect
+
+from hydra.utils import get_class
+
 from prm.io import atomic_write_text, write_json
+from prm.runs import IDENTITY, check_identity, model_fingerprint
 from prm.scoring.base import Scorer
-from prm.steps import StepFormat, split_solution
+from prm.worlds import Task, World, by_difficulty, world_and_tasks
 from search.accounting import Compute, ModelSizes, model_sizes, total
 from search.generation.base import Generator
-from search.loop import FINAL_RULES, SearchResult, SearchSettings, derive_seed, search
-from search.sample import load_tasks, sample_format
+from search.loop import FINAL_RULES, GenerationError, SearchResult, SearchSettings, derive_seed, search
 from search.strategies import Strategy, make_strategy
-from search.tasks import Task, by_difficulty
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-RESULTS, SUMMARY, IDENTITY = "results.jsonl", "summary.json", "identity.json"
+RESULTS, SUMMARY = "results.jsonl", "summary.json"
 SETTINGS_KEYS = {f.name for f in fields(SearchSettings)} - {"seed"}
 
 
@@ -68,37 +73,29 @@ def build_search(search_cfg: Any, seed: int = 0) -> tuple[Strategy, SearchSettin
     return make_strategy(str(name), **node), settings
 
 
-def answer_of(task: Task, text: str, fmt: StepFormat) -> str | None:
-    """The answer a solution gives, as ``Task.label`` reads it (outside the arithmetic world: also
-    ``\\boxed{}`` or the last line when there is no answer line)."""
-    given = split_solution(text, fmt).answer or None
-    if given is None and task.arith is None:
-        given = extract_answer(text)
-    return given
+class GradingError(RuntimeError):
+    """Grading a problem's candidates failed (an expected per-problem failure)."""
+
+
+ProblemFailure = (GenerationError, GradingError)
+"""The failures that become a problem's error record; everything else stops the run."""
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote ``results.jsonl``."""
-    scorer = cfg.scorer
+    """What a resumed run must share with the run that wrote ``results.jsonl``: the search, the
+    problems, the generator and scorer settings, and the contents of the model directories read."""
+    scorer = OmegaConf.to_container(cfg.scorer, resolve=True)
+    generator = OmegaConf.to_container(cfg.generator, resolve=True)
+    assert isinstance(scorer, dict) and isinstance(generator, dict)
     return json.loads(json.dumps({
         "search": OmegaConf.to_container(cfg.search, resolve=True), "seed": cfg.seed, "policy": str(cfg.policy),
-        "scorer": {k: scorer.get(k) for k in ("_target_", "model_or_path", "aggregation")},
-        "problems": cfg.problems, "problem_seed": cfg.problem_seed, "problems_per_call": cfg.problems_per_call,
-        "data": {"source": cfg.data.get("source"), "format": cfg.data.get("format"),
-                 "world": OmegaConf.to_container(cfg.data.world, resolve=True) if "world" in cfg.data else None},
+        "policy_fingerprint": model_fingerprint(cfg.policy),
+        "scorer": scorer, "scorer_fingerprint": model_fingerprint(scorer.get("model_or_path")),
+        "generator": {k: v for k, v in generator.items() if k != "model_or_path"},
+        "problems": cfg.problems, "split": cfg.get("split"), "n_problems": cfg.get("n_problems"),
+        "problem_seed": cfg.problem_seed, "problems_per_call": cfg.problems_per_call,
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
     }, default=str))
-
-
-def check_identity(run_dir: Path, ident: dict[str, Any]) -> None:
-    path = run_dir / IDENTITY
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-        if changed:
-            raise ValueError(f"{run_dir} holds results of a different run ({', '.join(changed)} changed: "
-                             f"{ {k: old.get(k) for k in changed} } -> { {k: ident.get(k) for k in changed} }); "
-                             f"use another run_dir or delete {path.parent / RESULTS}")
-    write_json(path, ident)
 
 
 def read_results(path: Path, retry_errors: bool) -> dict[str, dict[str, Any]]:
@@ -142,24 +139,28 @@ def make_generator(cfg: DictConfig) -> Generator:
     return instantiate(cfg.generator, model_or_path=str(cfg.policy))
 
 
-def make_scorer(cfg: DictConfig, generator: Generator, tasks: Sequence[Task]) -> Scorer:
-    """The configured scorer; the likelihood baseline reuses the loaded policy, the outcome baseline
-    gets the reference answers."""
+def make_scorer(cfg: DictConfig, generator: Generator, world: World) -> Scorer:
+    """The configured scorer; the likelihood baseline reuses the loaded policy, and a scorer that
+    takes a ``world`` (oracle, outcome) gets this run's."""
     target = str(cfg.scorer.get("_target_", ""))
     kwargs: dict[str, Any] = {}
     if target.endswith("LikelihoodScorer") and cfg.scorer.get("model_or_path") is None:
         model = getattr(generator, "model", None)
         kwargs = ({"model_or_path": model, "tokenizer": generator.tokenizer}  # type: ignore[attr-defined]
                   if model is not None else {"model_or_path": str(cfg.policy)})
-    if target.endswith("OutcomeScorer") and cfg.scorer.get("answers") is None:
-        kwargs["answers"] = {t.prompt: t.answer for t in tasks}
+    if target and "world" in inspect.signature(get_class(target)).parameters:
+        kwargs["world"] = world
     return instantiate(cfg.scorer, _convert_="all", **kwargs)
 
 
-def problem_record(task: Task, index: int, res: SearchResult, fmt: StepFormat, sizes: ModelSizes,
+def problem_record(world: World, task: Task, index: int, res: SearchResult, sizes: ModelSizes,
                    wall_time_s: float) -> dict[str, Any]:
     """One problem's line of ``results.jsonl`` (see the module docstring)."""
-    cands = [{**c.to_dict(), "correct": bool(task.label(c.text, fmt).extra["correct"])} for c in res.finished]
+    try:
+        graded = [world.grade(task, c.text) for c in res.finished]
+    except Exception as e:  # noqa: BLE001 - any failure of the grader is this problem's grading error
+        raise GradingError(f"grading problem {task.id} failed: {type(e).__name__}: {e}") from e
+    cands = [{**c.to_dict(), "correct": bool(ok)} for c, ok in zip(res.finished, graded)]
     chosen = {rule: {"index": i, "answer": None if i is None else cands[i]["answer"],
                      "correct": i is not None and cands[i]["correct"]} for rule, i in res.chosen.items()}
     return {
@@ -192,32 +193,33 @@ def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
         f.flush()
 
 
-def search_chunk(tasks: Sequence[Task], generator: Generator, scorer: Scorer, strategy: Strategy,
-                 settings: SearchSettings, fmt: StepFormat) -> list[SearchResult]:
+def search_chunk(world: World, tasks: Sequence[Task], generator: Generator, scorer: Scorer, strategy: Strategy,
+                 settings: SearchSettings) -> list[SearchResult]:
     """Search a chunk of problems together."""
-    return search([t.prompt for t in tasks], generator, scorer, strategy, settings, fmt,
-                  answer_of=lambda i, text: answer_of(tasks[i], text, fmt))
+    return search([t.prompt for t in tasks], generator, scorer, strategy, settings, world.fmt,
+                  answer_of=lambda i, text: world.answer(tasks[i], text))
 
 
 def summarise(tasks: Sequence[Task], records: dict[str, dict[str, Any]], strategy: Strategy) -> dict[str, Any]:
     """Accuracy per final rule by difficulty, compute totals and means, FLOPs, wall time."""
     accuracy: dict[str, dict[str, float]] = {}
     for group, idx in by_difficulty(tasks).items():
-        recs = [records[tasks[i].id] for i in idx if tasks[i].id in records]
+        recs = [records[tasks[i].id] for i in idx if tasks[i].id in records and not records[tasks[i].id].get("error")]
         row: dict[str, float] = {"problems": len(recs)}
         for rule in (*FINAL_RULES, "pass"):
             hits = sum(bool(r["pass"] if rule == "pass" else r["correct"][rule]) for r in recs)
             row[rule] = hits / len(recs) if recs else 0.0
         row["headline"] = row[strategy.final]
         accuracy[group] = row
-    recs = [records[t.id] for t in tasks if t.id in records]
+    every = [records[t.id] for t in tasks if t.id in records]
+    recs = [r for r in every if not r.get("error")]
     tot = total(Compute.from_dict(r["compute"]) for r in recs)
-    flops = [r["flops"] for r in recs if not r.get("error")]
+    flops = [r["flops"] for r in recs]
     flops_total = None if any(f is None for f in flops) else float(sum(flops))
     k = max(1, len(recs))
     return {
         "strategy": strategy.describe(), "final": strategy.final, "n": strategy.n,
-        "problems": len(recs), "errors": sum(bool(r.get("error")) for r in recs),
+        "problems": len(recs), "errors": len(every) - len(recs),
         "accuracy": accuracy,
         "compute": {"total": tot.as_dict(), "per_problem": {key: v / k for key, v in tot.as_dict().items()}},
         "flops": {"total": flops_total, "per_problem": None if flops_total is None else flops_total / k},
@@ -258,8 +260,8 @@ def log_summary(cfg: DictConfig, summary: dict[str, Any], run_dir: Path) -> None
 
 def run(cfg: DictConfig, generator: Generator | None = None, scorer: Scorer | None = None) -> dict[str, Any]:
     """Search every problem not yet in ``run_dir/results.jsonl``, then summarise; returns the summary."""
-    fmt = sample_format(cfg)
-    tasks = load_tasks(cfg)
+    world, draw = world_and_tasks(cfg)
+    tasks = draw.tasks
     if not tasks:
         raise ValueError("no problems to search")
     ids = [t.id for t in tasks]
@@ -269,7 +271,7 @@ def run(cfg: DictConfig, generator: Generator | None = None, scorer: Scorer | No
     strategy, _ = build_search(cfg.search)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_identity(run_dir, identity(cfg))
+    check_identity(run_dir, identity(cfg), "search results")
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     results_path = run_dir / RESULTS
     records = read_results(results_path, cfg.retry_errors)
@@ -283,7 +285,7 @@ def run(cfg: DictConfig, generator: Generator | None = None, scorer: Scorer | No
         if scorer is None:
             check_scorer_config(cfg)
         generator = generator or make_generator(cfg)
-        scorer = scorer or make_scorer(cfg, generator, tasks)
+        scorer = scorer or make_scorer(cfg, generator, world)
         acc = cfg.get("accounting") or {}
         sizes = model_sizes(generator, scorer, acc.get("policy_params"), acc.get("prm_params"))
         chunk = cfg.problems_per_call
@@ -292,7 +294,7 @@ def run(cfg: DictConfig, generator: Generator | None = None, scorer: Scorer | No
                 part = tasks[c : c + chunk]
                 if all(t.id in records for t in part):
                     continue
-                new = _search_part(part, c, cfg.seed, generator, scorer, cfg.search, fmt, sizes)
+                new = _search_part(world, part, c, cfg.seed, generator, scorer, cfg.search, sizes)
                 new = [rec for rec in new if rec["id"] not in records]
                 append_records(results_path, new)
                 records.update((rec["id"], rec) for rec in new)
@@ -300,6 +302,7 @@ def run(cfg: DictConfig, generator: Generator | None = None, scorer: Scorer | No
 
     summary = summarise(tasks, records, strategy)
     summary.update({"policy": str(cfg.policy), "scorer": str(cfg.scorer.get("_target_")),
+                    "removed_overlap": draw.removed_overlap, "removed_duplicates": draw.removed_duplicates,
                     "params": sizes.as_dict() if todo else _previous_params(run_dir),
                     "this_run": {"problems": len(todo), "wall_time_s": time.perf_counter() - start}})
     write_json(run_dir / SUMMARY, summary)
@@ -309,21 +312,22 @@ def run(cfg: DictConfig, generator: Generator | None = None, scorer: Scorer | No
     return summary
 
 
-def _search_part(part: Sequence[Task], first: int, seed: int, generator: Generator, scorer: Scorer,
-                 search_cfg: Any, fmt: StepFormat, sizes: ModelSizes) -> list[dict[str, Any]]:
-    """Records of a chunk; if it fails, each problem alone, a problem that still fails as an error record."""
+def _search_part(world: World, part: Sequence[Task], first: int, seed: int, generator: Generator, scorer: Scorer,
+                 search_cfg: Any, sizes: ModelSizes) -> list[dict[str, Any]]:
+    """Records of a chunk; after a ``ProblemFailure``, each problem alone, one that still fails as an
+    error record. Other exceptions propagate."""
     strategy, settings = build_search(search_cfg, derive_seed(seed, "chunk", first))
     t0 = time.perf_counter()
     try:
-        results = search_chunk(part, generator, scorer, strategy, settings, fmt)
-    except Exception as e:  # noqa: BLE001 - isolate the failing problem, record it, go on
+        results = search_chunk(world, part, generator, scorer, strategy, settings)
+        share = (time.perf_counter() - t0) / len(part)
+        return [problem_record(world, t, first + i, r, sizes, share) for i, (t, r) in enumerate(zip(part, results))]
+    except ProblemFailure as e:
         if len(part) > 1:
             return [rec for i, t in enumerate(part)
-                    for rec in _search_part([t], first + i, seed, generator, scorer, search_cfg, fmt, sizes)]
-        tqdm.write(f"[search] problem {part[0].id} failed: {type(e).__name__}: {e}")
+                    for rec in _search_part(world, [t], first + i, seed, generator, scorer, search_cfg, sizes)]
+        tqdm.write(f"[search] problem {part[0].id} failed: {e}")
         return [error_record(part[0], first, e)]
-    share = (time.perf_counter() - t0) / len(part)
-    return [problem_record(t, first + i, r, fmt, sizes, share) for i, (t, r) in enumerate(zip(part, results))]
 
 
 def _previous_params(run_dir: Path) -> dict[str, Any] | None:

@@ -24,32 +24,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from prm.data.arith import ARITH_FORMAT, ArithConfig
 from prm.data.stepwise import StepwiseExample, read_stepwise
 from prm.io import atomic_write_text, write_json
-from prm.steps import PLAIN, StepFormat, policy_prompt
-from search.generation.base import Generation, Generator
-from search.tasks import Task, arith_tasks, by_difficulty, file_tasks
+from prm.runs import check_identity, model_fingerprint
+from prm.steps import policy_prompt
 from prm.voting import vote
+from prm.worlds import Task, World, by_difficulty, label_example, world_and_tasks
+from search.generation.base import Generation, Generator
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def sample_format(cfg: DictConfig) -> StepFormat:
-    """The step format of the policy's solutions: the arithmetic world's plain/tagged, else PRM800K's."""
-    if cfg.data.get("source") == "arith":
-        return ARITH_FORMAT if cfg.data.get("format", "plain") == "plain" else StepFormat(style="tagged")
-    return PLAIN if cfg.data.get("format", "plain") == "plain" else StepFormat(style="tagged")
-
-
-def load_tasks(cfg: DictConfig) -> list[Task]:
-    """Held-out arithmetic-world problems, or a problem file (``problems=path``)."""
-    world = ArithConfig.from_dict(OmegaConf.to_container(cfg.data.world, resolve=True)) if "world" in cfg.data else None
-    if cfg.problems:
-        return file_tasks(cfg.problems, world)
-    if world is None:
-        raise ValueError("no problems: set problems=<problem file> or use data=arith")
-    return arith_tasks(cfg.n_problems, world, cfg.problem_seed)
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a resumed sampling run must share with the run that wrote ``samples.jsonl``: the
+    problems, the sampling settings, the generator and the policy's contents."""
+    keys = ("problems", "split", "n_problems", "problem_seed", "k", "temperature", "top_p", "max_new_tokens",
+            "greedy", "prompts_per_call", "seed")
+    return {**{k: cfg.get(k) for k in keys}, "data": OmegaConf.to_container(cfg.data, resolve=True),
+            "generator": {k: v for k, v in OmegaConf.to_container(cfg.generator, resolve=True).items()  # type: ignore[union-attr]
+                          if k != "model_or_path"},
+            "policy": str(cfg.policy), "policy_fingerprint": model_fingerprint(cfg.policy)}
 
 
 def done_ids(path: Path, k: int) -> set[str]:
@@ -82,10 +76,10 @@ def truncate_to_complete(path: Path, keep: set[str]) -> None:
     atomic_write_text(path, "".join(lines))
 
 
-def label_samples(task: Task, gens: Sequence[Generation], fmt: StepFormat, **extra: Any) -> list[StepwiseExample]:
+def label_samples(world: World, task: Task, gens: Sequence[Generation], **extra: Any) -> list[StepwiseExample]:
     """Label each sample of one problem, keeping its generation's compute and likelihood."""
     return [
-        task.label(g.text, fmt, sample=j, logprob=g.logprob, generated_tokens=g.generated_tokens,
+        label_example(world, task, g.text, sample=j, logprob=g.logprob, generated_tokens=g.generated_tokens,
                    prompt_tokens=g.prompt_tokens, finish_reason=g.finish_reason, **extra)
         for j, g in enumerate(gens)
     ]
@@ -138,10 +132,11 @@ def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
     """Sample, label and summarise; resumes from what ``run_dir`` already holds."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fmt = sample_format(cfg)
-    tasks = load_tasks(cfg)
+    world, draw = world_and_tasks(cfg)
+    fmt, tasks = world.fmt, draw.tasks
     if not tasks:
         raise ValueError("no problems to sample")
+    check_identity(run_dir, identity(cfg), "samples")
     samples_path, greedy_path = run_dir / "samples.jsonl", run_dir / "greedy.jsonl"
     done = done_ids(samples_path, cfg.k)
     if cfg.greedy:
@@ -171,8 +166,8 @@ def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
                 if t.id in done:
                     continue
                 if greedy is not None:
-                    append_jsonl(greedy_path, label_samples(t, greedy[i], fmt, greedy=True))
-                append_jsonl(samples_path, label_samples(t, gens[i], fmt))
+                    append_jsonl(greedy_path, label_samples(world, t, greedy[i], greedy=True))
+                append_jsonl(samples_path, label_samples(world, t, gens[i]))
                 bar.update(1)
     elapsed = time.perf_counter() - start
     generated = generator.stats.generated_tokens - before[0]
@@ -184,6 +179,8 @@ def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
     metrics = policy_metrics(tasks, samples, greedy_by_id)
     summary = {
         "policy": str(cfg.policy), "k": cfg.k, "temperature": cfg.temperature, "problems": len(tasks),
+        "split": cfg.get("split") or "test", "removed_overlap": draw.removed_overlap,
+        "removed_duplicates": draw.removed_duplicates,
         "metrics": metrics,
         "this_run": {"problems_sampled": len(todo), "wall_time_s": elapsed,
                      "generated_tokens": generated, "prompt_tokens": prompt_tokens,

@@ -13,7 +13,8 @@ A strategy is a small dataclass of knobs that answers the loop's questions:
 
 Registered: ``best_of_n``, ``beam``, ``lookahead``, ``dvts``. Greedy decoding, majority voting
 and weighted majority are ``best_of_n`` configurations (``conf/search/``). Ranking is by a
-candidate's ``value`` (its aggregated step values), ties to the earlier candidate of the round.
+candidate's ``value`` (its aggregated step values), equal values by a seeded random draw
+(``Candidate.tiebreak``), so ties never favour one lineage.
 
 Finished beams and the budget (beam search, lookahead and DVTS share one ``select_top``):
 
@@ -95,8 +96,8 @@ def make_strategy(name: str, **knobs: Any) -> Strategy:
 
 
 def ranked(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Highest value first; ties keep the round's order (stable sort)."""
-    return sorted(candidates, key=lambda c: -c.value)
+    """Highest value first; equal values in the order of their seeded ``tiebreak`` draws (never by position)."""
+    return sorted(candidates, key=lambda c: (-c.value, c.tiebreak))
 
 
 def spread(budget: int, k: int) -> list[int]:

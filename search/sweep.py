@@ -54,7 +54,7 @@ from search.run import (
     CONF_DIR, IDENTITY, RESULTS, SUMMARY, build_search, check_scorer_config, identity, make_generator, make_scorer,
 )
 from search.run import run as search_run
-from search.sample import load_tasks
+from prm.worlds import world_and_tasks
 from search.sweep_plots import groups_of, plot_sweep, series
 
 CELLS, SWEEP_CSV, OPTIMAL_CSV = "cells", "sweep.csv", "compute_optimal.csv"
@@ -192,7 +192,8 @@ def cell_status(cell_cfg: DictConfig, n_problems: int) -> str:
     if ident is not None and ident != identity(cell_cfg):
         return "other"
     summary = _read_json(cell_dir / SUMMARY)
-    done = ident is not None and summary is not None and summary.get("problems") == n_problems
+    done = (ident is not None and summary is not None
+            and summary.get("problems", 0) + summary.get("errors", 0) == n_problems)
     return "done" if done else "incomplete"
 
 
@@ -208,7 +209,8 @@ def run_cells(cfg: DictConfig, cells: Sequence[Cell], generator: Generator | Non
     """Run every unfinished cell (loading the policy and the scorer once, when the first one needs them);
     returns the names of the cells this call ran."""
     run_dir = Path(cfg.run_dir)
-    tasks = load_tasks(cfg)
+    world, draw = world_and_tasks(cfg)
+    tasks = draw.tasks
     configs = {c.name: cell_config(cfg, c, run_dir) for c in cells if not c.skipped}
     other = [name for name, cc in configs.items() if cell_status(cc, len(tasks)) == "other"]
     if other:
@@ -223,7 +225,7 @@ def run_cells(cfg: DictConfig, cells: Sequence[Cell], generator: Generator | Non
             generator = make_generator(cc)
         if scorer is None:
             check_scorer_config(cc)
-            scorer = make_scorer(cc, generator, tasks)
+            scorer = make_scorer(cc, generator, world)
         tqdm.write(f"[sweep] cell {name}")
         search_run(cc, generator, scorer)
     return todo
@@ -251,6 +253,8 @@ def read_cell(cell_dir: Path) -> CellData | None:
     outcomes: dict[str, ProblemOutcome] = {}
     groups: dict[str, list[ProblemOutcome]] = {}
     for rec in _read_records(cell_dir / RESULTS):
+        if rec.get("error"):  # a failed problem takes no part in accuracy or compute
+            continue
         o = ProblemOutcome.from_record(rec, rule)
         outcomes[o.id] = o
         groups.setdefault(str(o.difficulty), []).append(o)
@@ -479,7 +483,7 @@ def run(cfg: DictConfig, generator: Generator | None = None, scorer: Scorer | No
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         ran = run_cells(cfg, cells, generator, scorer)
-        n_problems = len(load_tasks(cfg))
+        n_problems = len(world_and_tasks(cfg, log=lambda *a: None)[1].tasks)
         statuses = {c.name: "skipped" if c.skipped else cell_status(cell_config(cfg, c, run_dir), n_problems)
                     for c in cells}
     elif mode == "collect":

@@ -53,34 +53,34 @@ def lab(text: str, problem: Problem = P, fmt=ARITH_FORMAT) -> tuple:
     ("text", "expected"),
     [
         # all correct
-        ("7+5=2\n2*3=6\n6-4=2\n# Answer: 2", ([1.0, 1.0, 1.0], True, 2, None, True, True)),
+        ("7+5=2\n2*3=6\n6-4=2\n# Answer: 2", ([1.0, 1.0, 1.0, 1.0], True, 2, None, True, True)),
         # slip in the middle, later steps continue consistently from the wrong value
-        ("7+5=2\n2*3=7\n7-4=3\n# Answer: 3", ([1.0, 0.0, 0.0], False, 3, 1, True, False)),
+        ("7+5=2\n2*3=7\n7-4=3\n# Answer: 3", ([1.0, 0.0, 0.0, 0.0], False, 3, 1, True, False)),
         # first step wrong; the rest is right arithmetic from the wrong value: still 0.0
-        ("7+5=3\n3*3=9\n9-4=5\n# Answer: 5", ([0.0, 0.0, 0.0], False, 5, 0, True, False)),
+        ("7+5=3\n3*3=9\n9-4=5\n# Answer: 5", ([0.0, 0.0, 0.0, 0.0], False, 5, 0, True, False)),
         # a wrong step, then a step that jumps back to the true value: still 0.0
-        ("7+5=2\n2*3=5\n6-4=2\n# Answer: 2", ([1.0, 0.0, 0.0], True, 2, 1, True, False)),
+        ("7+5=2\n2*3=5\n6-4=2\n# Answer: 2", ([1.0, 0.0, 0.0, 0.0], True, 2, 1, True, False)),
         # wrong operator / wrong operand
-        ("7+5=2\n2+3=5\n5-4=1\n# Answer: 1", ([1.0, 0.0, 0.0], False, 1, 1, True, False)),
-        ("7+5=2\n2*4=8\n8-4=4\n# Answer: 4", ([1.0, 0.0, 0.0], False, 4, 1, True, False)),
+        ("7+5=2\n2+3=5\n5-4=1\n# Answer: 1", ([1.0, 0.0, 0.0, 0.0], False, 1, 1, True, False)),
+        ("7+5=2\n2*4=8\n8-4=4\n# Answer: 4", ([1.0, 0.0, 0.0, 0.0], False, 4, 1, True, False)),
         # result not reduced mod 10
-        ("7+5=12\n12*3=36\n36-4=32\n# Answer: 32", ([0.0, 0.0, 0.0], False, 32, 0, True, False)),
+        ("7+5=12\n12*3=36\n36-4=32\n# Answer: 32", ([0.0, 0.0, 0.0, 0.0], False, 32, 0, True, False)),
         # malformed lines
-        ("7+5=2\n2*=6\n6-4=2\n# Answer: 2", ([1.0, 0.0, 0.0], True, 2, 1, True, False)),
-        ("7+=\n2*3=6\n6-4=2\n# Answer: 2", ([0.0, 0.0, 0.0], True, 2, 0, True, False)),
-        ("7+5=2\nhello\n# Answer: 2", ([1.0, 0.0], True, 2, 1, True, False)),
+        ("7+5=2\n2*=6\n6-4=2\n# Answer: 2", ([1.0, 0.0, 0.0, 0.0], True, 2, 1, True, False)),
+        ("7+=\n2*3=6\n6-4=2\n# Answer: 2", ([0.0, 0.0, 0.0, 0.0], True, 2, 0, True, False)),
+        ("7+5=2\nhello\n# Answer: 2", ([1.0, 0.0, 0.0], True, 2, 1, True, False)),
         # missing answer
         ("7+5=2\n2*3=6\n6-4=2", ([1.0, 1.0, 1.0], False, None, None, False, False)),
-        # wrong answer after correct steps
-        ("7+5=2\n2*3=6\n6-4=2\n# Answer: 5", ([1.0, 1.0, 1.0], False, 5, None, True, False)),
+        # wrong answer after correct steps: the answer step is the first error
+        ("7+5=2\n2*3=6\n6-4=2\n# Answer: 5", ([1.0, 1.0, 1.0, 0.0], False, 5, 3, True, False)),
         # unparsable answers
-        ("7+5=2\n2*3=6\n6-4=2\n# Answer: two", ([1.0, 1.0, 1.0], False, None, None, True, False)),
-        ("7+5=2\n2*3=6\n6-4=2\n# Answer: " + "9" * 5000, ([1.0, 1.0, 1.0], False, None, None, True, False)),
+        ("7+5=2\n2*3=6\n6-4=2\n# Answer: two", ([1.0, 1.0, 1.0, 0.0], False, None, 3, True, False)),
+        ("7+5=2\n2*3=6\n6-4=2\n# Answer: " + "9" * 5000, ([1.0, 1.0, 1.0, 0.0], False, None, 3, True, False)),
         # extra step beyond the problem
-        ("7+5=2\n2*3=6\n6-4=2\n2+1=3\n# Answer: 3", ([1.0, 1.0, 1.0, 0.0], False, 3, 3, True, False)),
-        ("7+5=2\n2*3=6\n6-4=2\n2+0=2\n# Answer: 2", ([1.0, 1.0, 1.0, 0.0], True, 2, 3, True, False)),
-        # too few steps, right answer: outcome correct, process not
-        ("7+5=2\n2*3=6\n# Answer: 2", ([1.0, 1.0], True, 2, None, True, False)),
+        ("7+5=2\n2*3=6\n6-4=2\n2+1=3\n# Answer: 3", ([1.0, 1.0, 1.0, 0.0, 0.0], False, 3, 3, True, False)),
+        ("7+5=2\n2*3=6\n6-4=2\n2+0=2\n# Answer: 2", ([1.0, 1.0, 1.0, 0.0, 0.0], True, 2, 3, True, False)),
+        # too few steps, right answer (a premature answer): outcome correct, the answer step 0.0
+        ("7+5=2\n2*3=6\n# Answer: 2", ([1.0, 1.0, 0.0], True, 2, 2, True, False)),
         # empty text
         ("", ([], False, None, None, False, False)),
     ],
@@ -91,23 +91,26 @@ def test_labels_hand_written(text: str, expected: tuple) -> None:
 
 def test_errors_cancel_mod_10() -> None:
     assert solution_text(Q) == "3+4=7\n7*5=5\n5+1=6\n# Answer: 6"
-    assert lab("3+4=7\n7*5=5\n5+1=6\n# Answer: 6", Q) == ([1.0, 1.0, 1.0], True, 6, None, True, True)
-    # 3+4 slipped to 9; 9*5 = 45 = 5 mod 10 erases it: right answer through a wrong step
-    assert lab("3+4=9\n9*5=5\n5+1=6\n# Answer: 6", Q) == ([0.0, 0.0, 0.0], True, 6, 0, True, False)
+    assert lab("3+4=7\n7*5=5\n5+1=6\n# Answer: 6", Q) == ([1.0, 1.0, 1.0, 1.0], True, 6, None, True, True)
+    # 3+4 slipped to 9; 9*5 = 45 = 5 mod 10 erases it: right answer through a wrong step, the answer step 0.0
+    assert lab("3+4=9\n9*5=5\n5+1=6\n# Answer: 6", Q) == ([0.0, 0.0, 0.0, 0.0], True, 6, 0, True, False)
 
 
 def test_tagged_format() -> None:
     text = "<reasoning>\n7+5=2\n2*3=6\n6-4=2\n</reasoning>\n<answer>2</answer>"
     assert solution_text(P, TAGGED) == text
-    assert lab(text, fmt=TAGGED) == ([1.0, 1.0, 1.0], True, 2, None, True, True)
+    assert lab(text, fmt=TAGGED) == ([1.0, 1.0, 1.0, 1.0], True, 2, None, True, True)
     bad = "<reasoning>\n7+5=2\n2*3=7\n7-4=3\n</reasoning>\n<answer>3</answer>"
-    assert lab(bad, fmt=TAGGED) == ([1.0, 0.0, 0.0], False, 3, 1, True, False)
+    assert lab(bad, fmt=TAGGED) == ([1.0, 0.0, 0.0, 0.0], False, 3, 1, True, False)
+    # the answer disagrees with the last (right) step; a reasoning closed with no answer
+    assert lab(text.replace("<answer>2", "<answer>7"), fmt=TAGGED)[0] == [1.0, 1.0, 1.0, 0.0]
+    assert lab("<reasoning>\n7+5=2\n2*3=6\n6-4=2\n</reasoning>\n", fmt=TAGGED)[0] == [1.0, 1.0, 1.0, 0.0]
 
 
 def test_negative_values_without_modulus() -> None:
     plain = Problem(id="z", start=3, ops=(("-", 5), ("*", 4)), modulus=None)
-    assert lab("3-5=-2\n-2*4=-8\n# Answer: -8", plain) == ([1.0, 1.0], True, -8, None, True, True)
-    assert lab("3-5=2\n2*4=8\n# Answer: 8", plain) == ([0.0, 0.0], False, 8, 0, True, False)
+    assert lab("3-5=-2\n-2*4=-8\n# Answer: -8", plain) == ([1.0, 1.0, 1.0], True, -8, None, True, True)
+    assert lab("3-5=2\n2*4=8\n# Answer: 8", plain) == ([0.0, 0.0, 0.0], False, 8, 0, True, False)
 
 
 def test_parse_step() -> None:
@@ -136,8 +139,8 @@ def test_arbitrary_text_never_raises(text: str) -> None:
 def test_to_stepwise() -> None:
     ex = to_stepwise(P, "7+5=2\n2*3=7\n7-4=3\n# Answer: 3", run="x")
     assert ex.prompt == "Q: 7+5*3-4\n"
-    assert ex.completions == ["7+5=2", "2*3=7", "7-4=3"]
-    assert ex.labels == [1.0, 0.0, 0.0]
+    assert ex.completions == ["7+5=2", "2*3=7", "7-4=3", "# Answer: 3"]  # the answer is a labelled step
+    assert ex.labels == [1.0, 0.0, 0.0, 0.0]
     assert ex.extra == {
         "id": "p", "answer": "2", "difficulty": 3, "correct": False, "process_correct": False,
         "first_error": 1, "source": "arith", "run": "x",

@@ -12,7 +12,7 @@ from conftest import REPO
 from prm.data.arith import ARITH_FORMAT, Problem
 from prm.data.stepwise import write_stepwise
 from prm.scoring.base import ScorerBase
-from search.tasks import Task
+from prm.worlds import ArithWorld, Task, label_example
 
 P1 = Problem("p1", 3, (("+", 4), ("*", 2)), modulus=10)  # 3+4=7, 7*2=4
 P2 = Problem("p2", 5, (("-", 1), ("*", 3)), modulus=10)  # 5-1=4, 4*3=2
@@ -24,10 +24,11 @@ SOLUTIONS = {
 
 def _samples(path: Path) -> None:
     examples = []
+    world = ArithWorld(fmt=ARITH_FORMAT)
     for problem in (P1, P2):
         task = Task(problem.id, problem.prompt, str(problem.answer), problem.difficulty, problem)
         for j, text in enumerate(SOLUTIONS[problem.id]):
-            examples.append(task.label(text, ARITH_FORMAT, sample=j, logprob=-float(j)))
+            examples.append(label_example(world, task, text, sample=j, logprob=-float(j)))
     write_stepwise(path, examples)
 
 
@@ -50,7 +51,7 @@ def test_oracle_is_perfect_on_exact_labels(tmp_path: Path) -> None:
     _samples(tmp_path / "samples.jsonl")
     summary = run(_cfg(tmp_path, "scorer=oracle"))
     steps = summary["steps"]
-    assert steps["labelled_steps"] == 10 and steps["auroc"] == 1.0 and steps["local_auroc"] == 1.0
+    assert steps["labelled_steps"] == 15 and steps["auroc"] == 1.0 and steps["local_auroc"] == 1.0
     assert steps["ece"] == 0.0
     assert summary["within_problem_auroc"]["min"] == {"auroc": 1.0, "problems": 2}
     sel = summary["selection"]["all"]
@@ -59,7 +60,7 @@ def test_oracle_is_perfect_on_exact_labels(tmp_path: Path) -> None:
     assert best[0] == pytest.approx((1 / 3 + 1 / 2) / 2)  # N=1: mean correctness per problem
     assert (tmp_path / "eval" / "selection.png").exists() and (tmp_path / "eval" / "reliability.png").exists()
     lines = (tmp_path / "eval" / "scores.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step_scores"] for x in lines[:2]] == [[1.0, 1.0], [0.0, 0.0]]
+    assert [json.loads(x)["step_scores"] for x in lines[:2]] == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
 
 
 def test_a_position_tracker_has_no_within_problem_signal(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from prm.data.arith import ArithConfig, generate_dataset
 from prm.data.errors import DataError
 from prm.data.stepwise import StepwiseExample, write_stepwise
+from prm.steps import StepFormat, load_step_format
 from prm.evaluation.metrics import auroc
 from prm.io import write_jsonl
 from prm.models.loading import ModelLoadError, TinyGPTConfig, build_tiny_gpt, save_model
@@ -396,6 +397,7 @@ def test_cli_tiny_run(tmp_path: Path, easy_file: Path) -> None:
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads((run_dir / "train_summary.json").read_text())["step"] == 3
     assert (run_dir / "hydra" / "config.yaml").exists() and (run_dir / "model" / "config.json").exists()
+    assert load_step_format(run_dir / "model") == StepFormat()  # the PRM records the format it was trained on
     assert "dropped (no label left)" in ok.stdout
 
 

@@ -13,7 +13,7 @@ from prm.data.stepwise import read_stepwise
 from prm.models.loading import TinyGPTConfig, load_causal_lm, save_model
 from search.generation.hf import HFGenerator
 from search.sample import policy_metrics, run
-from search.tasks import Task, arith_tasks
+from prm.worlds import ArithWorld, Task, label_example
 
 WORLD = ArithConfig(min_ops=2, max_ops=3)
 
@@ -76,9 +76,11 @@ def test_policy_metrics_by_hand() -> None:
         "b": ["2*3=6\n6+1=7\n# Answer: 7", "2*3=5\n5+1=6\n# Answer: 6", solution_text(p2)],  # 2/3 right
     }
     logprobs = {"a": [-1.0, -2.0, -3.0], "b": [-5.0, -1.0, -6.0]}  # likelihood picks a:right, b:wrong
-    samples = {t.id: [t.label(x, ARITH_FORMAT, logprob=lp) for x, lp in zip(fmt_texts[t.id], logprobs[t.id])]
+    world = ArithWorld(fmt=ARITH_FORMAT)
+    samples = {t.id: [label_example(world, t, x, logprob=lp) for x, lp in zip(fmt_texts[t.id], logprobs[t.id])]
                for t in tasks}
-    greedy = {"a": tasks[0].label("3+4=7\n# Answer: 7", ARITH_FORMAT), "b": tasks[1].label("# Answer: 1", ARITH_FORMAT)}
+    greedy = {"a": label_example(world, tasks[0], "3+4=7\n# Answer: 7"),
+              "b": label_example(world, tasks[1], "# Answer: 1")}
     m = policy_metrics(tasks, samples, greedy)
     assert m["1"] == {"problems": 1, "sampled": pytest.approx(1 / 3), "majority": 0.0, "pass": 1.0,
                       "likelihood_best": 1.0, "greedy": 1.0}
@@ -89,11 +91,28 @@ def test_policy_metrics_by_hand() -> None:
 
 def test_problem_file_tasks_keep_the_exact_labeller(tmp_path: Path) -> None:
     from prm.cli.data import main as prm_data
-    from search.tasks import file_tasks
+    from prm.data.arith import generate_problems
+    from prm.worlds import make_world
 
     path = tmp_path / "problems.jsonl"
     prm_data(["arith", str(path), "--n", "4", "--seed", "5", "--problems-only"])
-    tasks = file_tasks(path, ArithConfig())
-    assert [t.arith for t in tasks] == [t.arith for t in arith_tasks(4, ArithConfig(), 5)]
-    ex = tasks[0].label(solution_text(tasks[0].arith), ARITH_FORMAT)
+    world = make_world({"source": "arith"}, problems=path)
+    tasks = world.problems("test").tasks
+    assert [t.data for t in tasks] == generate_problems(4, ArithConfig(), 5)
+    ex = label_example(world, tasks[0], solution_text(tasks[0].data))
     assert ex.extra["correct"] and all(lab == 1.0 for lab in ex.labels)
+    assert ex.completions[-1].startswith("# Answer")  # the answer is a labelled step
+
+
+def test_held_out_problems_are_disjoint_from_every_training_draw(tmp_path: Path, policy_dir: Path) -> None:
+    """prm-sample's test split never holds a problem text that a train draw (SFT, PRM data) can produce."""
+    from prm.worlds import make_world
+
+    world = make_world({"source": "arith", "world": {"min_ops": 2, "max_ops": 2}})
+    test = world.problems("test", 150, 1000)
+    train = {t.prompt for seed in (0, 2000) for t in world.problems("train", 3000, seed).tasks}
+    assert not {t.prompt for t in test.tasks} & train
+    assert len({t.prompt for t in test.tasks}) == 150  # no duplicates within the held-out set
+    assert test.removed_overlap > 0 and test.removed_duplicates > 0  # counted, not silent
+    summary = run(_cfg(tmp_path / "s", policy_dir, "greedy=false"))
+    assert summary["removed_overlap"] > 0 and summary["split"] == "test"

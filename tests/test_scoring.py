@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2ForTokenClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from prm.worlds import make_world
 from prm.data.arith import ArithConfig, Problem, generate_dataset, label_solution
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, tiny_gpt_config
 from prm.models.prm_inputs import encode_steps
@@ -357,7 +358,7 @@ def test_conventions_incremental_equals_full(kind: str) -> None:
 
 
 def test_oracle_on_hand_written_solutions() -> None:
-    oracle = OracleScorer(modulus=10)
+    oracle = OracleScorer()  # the arithmetic world (plain, mod 10)
     # 7 +5 -> 2, *3 -> 6, -4 -> 2
     cands = [
         ["7+5=2", "2*3=6", "6-4=2", "# Answer: 2"],
@@ -372,18 +373,44 @@ def test_oracle_on_hand_written_solutions() -> None:
     got = oracle.score([P3], [cands])[0]
     assert got == [[1, 1, 1, 1], [1, 0, 0, 0], [1, 0], [1, 1, 1, 0], [1, 1, 1, 1, 0], [0, 0], [1, 1], []]
     problem = Problem.from_prompt(P3.strip())
-    for steps in cands[:4]:  # the same labels as the exact labeller on the arithmetic steps
-        assert got[cands.index(steps)][:-1] == label_solution(problem, "\n".join(steps)).step_labels[: len(steps) - 1]
-    tagged = OracleScorer(style="tagged")
-    assert tagged.score([P3], [[["7+5=2", "2*3=6", "6-4=2", "</reasoning>", "<answer>2</answer>"],
-                                ["7+5=2", "</reasoning>"], ["7+5=2", "2*3=6", "6-4=2", "<answer>3</answer>"]]])[0] == [
-        [1, 1, 1, 1, 1], [1, 0], [1, 1, 1, 0]]
+    for steps in cands[:4]:  # exactly the world's labeller on the same text
+        assert got[cands.index(steps)] == label_solution(problem, "\n".join(steps)).step_labels
+    tagged = OracleScorer(world={"source": "arith", "format": "tagged"})
+    assert tagged.score([P3], [[["7+5=2", "2*3=6", "6-4=2", "</reasoning>\n<answer>2</answer>"],
+                                ["7+5=2", "</reasoning>"], ["7+5=2", "2*3=6", "6-4=2", "<answer>3</answer>"],
+                                ["7+5=2", "2*3=6", "6-4=2", "</reasoning>"]]])[0] == [
+        [1, 1, 1, 1], [1, 0], [1, 1, 1, 0], [1, 1, 1, 0]]
     roots = oracle.start([P3])
     s, c = oracle.extend([roots[0], roots[0]], ["7+5=2", "7+5=3"])
     s2, _ = oracle.extend([c[0], c[1]], ["2*3=6", "3*3=9"])
     assert s == [1.0, 0.0] and s2 == [1.0, 0.0] and oracle.stats.tokens_processed == 0
-    with pytest.raises(ValueError, match="not an arithmetic prompt"):
+    with pytest.raises(KeyError, match="not an arithmetic prompt"):
         oracle.score(["What is 2+2?"], [[["4"]]])
+
+
+def test_oracle_needs_a_world_with_exact_labels(tmp_path: Path) -> None:
+    path = tmp_path / "problems.jsonl"
+    path.write_text('{"problem": "What is 2+2?", "answer": "4"}\n')
+    with pytest.raises(ValueError, match="needs a world with exact step labels"):
+        OracleScorer(world=make_world({"source": "prm800k"}, problems=path))
+
+
+def test_a_prm_knows_its_step_format(tmp_path: Path, char_prm) -> None:
+    """The format saved beside a PRM round-trips; scoring it with another one is a clear error."""
+    from prm.steps import StepFormat, load_step_format, save_step_format
+
+    model, tok = char_prm
+    d = save_prm(model, tok, tmp_path / "prm")
+    fmt = StepFormat(separator="\n\n")
+    save_step_format(d, fmt)
+    assert load_step_format(d) == fmt
+    scorer = PRMScorer(str(d))
+    assert scorer.convention.separator == "\n\n" and scorer.saved_format == fmt  # read, not the default "\n"
+    with pytest.raises(ValueError, match="trained on steps in another format"):
+        PRMScorer(str(d), separator="\n")
+    with pytest.raises(ValueError, match="style"):
+        PRMScorer(str(d), style="tagged")
+    assert PRMScorer(str(d), separator="\n\n", style="plain").convention.separator == "\n\n"
 
 
 def test_outcome_scores_every_step_by_the_answer() -> None:
@@ -443,7 +470,7 @@ def test_configs_instantiate(tmp_path: Path, char_prm) -> None:
 
     for name, cls in [("oracle", OracleScorer), ("outcome", OutcomeScorer), ("random", RandomScorer)]:
         assert isinstance(make(name), cls)
-    assert make("oracle").problems.modulus == 7  # the world's modulus
+    assert make("oracle").world.config.modulus == 7  # the world's modulus
     prm = make("prm", model_or_path=str(tmp_path / "prm"))
     assert isinstance(prm, PRMScorer) and prm.max_length == SIZE.n_positions
     direct = PRMScorer(model, tok).score([P1], [CANDIDATES[0][:1]])

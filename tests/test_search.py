@@ -21,7 +21,7 @@ from prm.steps import PLAIN, TAGGED
 from prm.voting import vote
 from search.accounting import Compute, ModelSizes, apportion
 from search.generation.base import Generation, GenerationStats
-from search.loop import Candidate, SearchSettings, final_choice, search, split_steps
+from search.loop import Candidate, SearchSettings, final_choice, new_steps, search
 from search.run import build_search, run
 from search.strategies import make_strategy
 
@@ -230,9 +230,10 @@ def test_an_answer_line_that_needs_more_text_is_continued_to_the_end() -> None:
                                            ("u1", "</reasoning>\n<answer>5</answer>"), "5")
 
 
-def test_split_steps_keeps_text_exactly_and_the_answer_as_one_step() -> None:
-    assert split_steps("a\n\nb\n# Answer\n\n5\n", PLAIN) == ["a", "", "b", "# Answer\n\n5"]
-    assert split_steps("x\n", PLAIN) == ["x"] and split_steps("", PLAIN) == [] and split_steps("\n", PLAIN) == [""]
+def test_new_steps_are_the_training_split_with_the_answer_as_one_step() -> None:
+    assert new_steps("", "a\n\nb\n# Answer\n\n5\n", PLAIN) == (["a", "b", "# Answer\n\n5"], True)
+    assert new_steps("a\n", "a\nx\n", PLAIN) == (["x"], False)
+    assert new_steps("", "", PLAIN) == ([], False) and new_steps("a\n", "a\n\n", PLAIN) == ([], False)
 
 
 # -------------------------------------------------------------------------------------- best-of-N
@@ -378,8 +379,8 @@ def _cfg(tmp: Path, run_dir: str, *extra: str):  # type: ignore[no-untyped-def]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return compose(config_name="search", overrides=[
             f"problems={_problem_file(tmp / 'problems.jsonl')}", f"run_dir={tmp / run_dir}", "problems_per_call=2",
-            "search=beam", "search.n=4", "search.m=2", "search.max_rounds=5", "scorer=random", "progress=false",
-            *extra])
+            "data=problems", "search=beam", "search.n=4", "search.m=2", "search.max_rounds=5", "scorer=random",
+            "progress=false", *extra])
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -414,14 +415,32 @@ def test_run_records_a_failing_problem_and_finishes_the_others(tmp_path: Path) -
     summary = run(_cfg(tmp_path, "r"), RuleGenerator(fail_on="P3\n"), ScriptedScorer())
     recs = {r["id"]: r for r in _records(tmp_path / "r")}
     assert sorted(recs) == [f"P{i}" for i in range(5)]
-    assert recs["P3"]["error"] == "ValueError: backend failure on P3"
+    assert recs["P3"]["error"] == "GenerationError: generation failed: ValueError: backend failure on P3"
     assert recs["P3"]["correct"] == {"prm": False, "majority": False, "weighted_majority": False}
     assert all(recs[i]["error"] is None and recs[i]["candidates"] for i in ("P0", "P1", "P2", "P4"))
-    assert summary["errors"] == 1 and summary["problems"] == 5
+    # the failed problem is counted, and excluded from accuracy and compute means
+    assert summary["errors"] == 1 and summary["problems"] == 4
+    ok = [recs[i] for i in ("P0", "P1", "P2", "P4")]
+    assert summary["accuracy"]["all"]["problems"] == 4
+    assert summary["accuracy"]["all"]["majority"] == sum(r["correct"]["majority"] for r in ok) / 4
+    assert summary["compute"]["per_problem"]["generated_tokens"] == sum(r["compute"]["generated_tokens"] for r in ok) / 4
     # a later run retries the failed problem only
     summary = run(_cfg(tmp_path, "r"), RuleGenerator(), ScriptedScorer())
     assert summary["errors"] == 0 and summary["this_run"]["problems"] == 1
     assert [r["id"] for r in _records(tmp_path / "r")] == ["P0", "P1", "P2", "P4", "P3"]
+
+
+class BuggyGenerator(RuleGenerator):
+    """A programming error inside the backend (not an expected generation failure)."""
+
+    def generate(self, prompts, **kw):  # type: ignore[no-untyped-def]
+        raise TypeError("a bug")
+
+
+def test_a_programming_error_stops_the_run_instead_of_becoming_wrong_answers(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="a bug"):
+        run(_cfg(tmp_path, "r"), BuggyGenerator(), ScriptedScorer())
+    assert not (tmp_path / "r" / "results.jsonl").exists() or not (tmp_path / "r" / "results.jsonl").read_text()
 
 
 def test_run_records_are_complete_and_the_summary_adds_them_up(tmp_path: Path) -> None:
@@ -515,3 +534,61 @@ def test_incremental_prm_processes_only_new_tokens(one_thread: None) -> None:
     assert inc.stats.tokens_processed == roots + sum(len(s) + 1 for s in inc.rows)  # then only new steps
     assert [r.compute.prm_tokens for r in fast] == [len(tok(p + "\n")["input_ids"]) + 4 * (5 * 5 + 12) for p in problems]
     assert inc.stats.tokens_processed * 3 < full.stats.tokens_processed  # well under the sum over all prefixes
+
+
+# ------------------------------------------------------------------------------- ties and blank lines
+class WideGenerator(RuleGenerator):
+    """Eight distinct options per step (sample k takes option k), three steps, then an answer."""
+
+    def options(self, text: str) -> list[str]:
+        d = text.count("\n") - 1
+        return [f"s{d}.{k}\n" for k in range(8)] if d < 3 else [f"# Answer: {k % 3}{EOS}" for k in range(8)]
+
+
+class ConstantScorer(ScriptedScorer):
+    def value(self, step: str) -> float:
+        return 0.5
+
+
+def _first_steps(seed: int) -> list[str]:
+    strategy, settings = build_search({"name": "beam", "n": 8, "m": 2, "temperature": 1.0, "max_rounds": 10}, seed)
+    (r,) = search(["P"], WideGenerator(), ConstantScorer(), strategy, settings, ARITH_FORMAT)
+    return [c.steps[0] for c in r.finished]
+
+
+def test_equal_scores_do_not_collapse_beams_onto_one_lineage() -> None:
+    """With a constant scorer every value ties: a seeded draw, not the position in the round, decides."""
+    first = _first_steps(seed=0)
+    assert len(first) == 8 and len(set(first)) > 1  # stable sorting kept only s0.0's descendants
+    assert _first_steps(seed=0) == first  # reproducible per seed
+    assert any(_first_steps(seed=s) != first for s in (1, 2, 3))
+
+
+def test_blank_lines_are_not_steps_and_cost_no_round() -> None:
+    script = {"P\n": ["\n"], "P\n\n": ["a\n"], "P\n\na\n": ["\n"], "P\n\na\n\n": ["# Answer: 1" + EOS]}
+    gen = ScriptedGenerator(script)
+    strategy, settings = build_search({"name": "beam", "n": 1, "m": 1, "temperature": 1.0, "max_rounds": 10})
+    (r,) = search(["P"], gen, ScriptedScorer(), strategy, settings, ARITH_FORMAT)
+    (c,) = r.finished
+    assert c.steps == ("a", "# Answer: 1") and len(c.step_scores) == 2 and r.rounds == 2
+    assert c.text == "\na\n\n# Answer: 1"
+
+
+def test_search_splits_exactly_like_training_data_and_prm_eval() -> None:
+    """One text through training (the world's labelled example), prm-eval (its completions) and search."""
+    from prm.data.arith import Problem
+    from prm.worlds import ArithWorld, Task, label_example
+
+    p = Problem("p", 7, (("+", 5), ("*", 3), ("-", 4)))
+    text = "7+5=2\n\n2*3=6\n6-4=2\n# Answer: 2"
+    trained = label_example(ArithWorld(), Task("p", p.prompt, "2", 3, p), text)
+    script = {p.prompt: ["7+5=2\n"], p.prompt + "7+5=2\n": ["\n"], p.prompt + "7+5=2\n\n": ["2*3=6\n"],
+              p.prompt + "7+5=2\n\n2*3=6\n": ["6-4=2\n"], p.prompt + "7+5=2\n\n2*3=6\n6-4=2\n": ["# Answer: 2" + EOS]}
+    strategy, settings = build_search({"name": "beam", "n": 1, "m": 1, "temperature": 1.0, "max_rounds": 10})
+    scorer = ScriptedScorer()
+    (r,) = search([p.prompt.strip()], ScriptedGenerator(script), scorer, strategy, settings, ARITH_FORMAT)
+    (c,) = r.finished
+    assert c.text == text
+    assert list(c.steps) == trained.completions == ["7+5=2", "2*3=6", "6-4=2", "# Answer: 2"]
+    assert trained.labels == [1.0, 1.0, 1.0, 1.0]
+    assert [s for call in scorer.extend_calls for s in call] == trained.completions  # scored exactly those

@@ -22,7 +22,8 @@ from prm.io import write_jsonl
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_causal_lm
 from prm.steps import TAGGED
 from prm.train import load_metrics, pad_collate
-from rl.sft import CONF_DIR, Pair, SFTConfigError, encode_pair, greedy_accuracy, parse_pair, run, sft_loss, world_from_config
+from prm.worlds import make_world
+from rl.sft import CONF_DIR, Pair, SFTConfigError, encode_pair, greedy_accuracy, parse_pair, run, sft_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable  # the interpreter running the tests (its environment has the project)
@@ -123,11 +124,12 @@ def test_sft_learns_arithmetic(learned: tuple[Path, dict]) -> None:
     assert summary["n_eval_problems"] >= 50
     assert summary["greedy_accuracy"] >= 0.6
     cfg = cfg_of(*LEARN)
-    problems = generate_problems(50, world_from_config(cfg.data), seed=4242)
+    world = make_world(cfg.data)
+    problems = world.problems("test", 50, seed=4242).tasks
     untrained, tok = load_causal_lm(size=TinyGPTConfig(n_layer=1, n_embd=128, n_head=8, n_positions=64), seed=0)
     trained = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"))
-    before = greedy_accuracy(untrained, tok, problems)
-    after = greedy_accuracy(trained, tok, problems)
+    before = greedy_accuracy(untrained, tok, world, problems)
+    after = greedy_accuracy(trained, tok, world, problems)
     assert before <= 0.1 and after >= 0.6, (before, after)
 
 

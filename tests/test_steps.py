@@ -45,29 +45,29 @@ def test_format_defaults_and_validation() -> None:
     ("text", "expected"),
     [
         # PRM800K writes the answer two lines below the marker
-        ("Add 3 and 4.\nThe sum is 7.\n# Answer\n\n7", ParsedSolution(["Add 3 and 4.", "The sum is 7."], "7", True)),
+        ("Add 3 and 4.\nThe sum is 7.\n# Answer\n\n7", ParsedSolution(["Add 3 and 4.", "The sum is 7."], "7", True, '# Answer\n\n7')),
         # the arithmetic world writes it on the marker line
-        ("3+4=7\n7*2=14\n# Answer: 14", ParsedSolution(["3+4=7", "7*2=14"], "14", True)),
-        ("a\n# Answer:14", ParsedSolution(["a"], "14", True)),
-        ("a\n# Answer 14", ParsedSolution(["a"], "14", True)),
+        ("3+4=7\n7*2=14\n# Answer: 14", ParsedSolution(["3+4=7", "7*2=14"], "14", True, '# Answer: 14')),
+        ("a\n# Answer:14", ParsedSolution(["a"], "14", True, '# Answer:14')),
+        ("a\n# Answer 14", ParsedSolution(["a"], "14", True, '# Answer 14')),
         # trailing whitespace, blank lines, indentation, CRLF
-        ("a  \n\n\n  b\t\n# Answer:  5  \n\n", ParsedSolution(["a", "b"], "5", True)),
-        ("a\r\nb\r\n# Answer: 5\r\n", ParsedSolution(["a", "b"], "5", True)),
-        ("a\n   # Answer\n\n5", ParsedSolution(["a"], "5", True)),
+        ("a  \n\n\n  b\t\n# Answer:  5  \n\n", ParsedSolution(["a", "b"], "5", True, '# Answer:  5')),
+        ("a\r\nb\r\n# Answer: 5\r\n", ParsedSolution(["a", "b"], "5", True, '# Answer: 5')),
+        ("a\n   # Answer\n\n5", ParsedSolution(["a"], "5", True, '# Answer\n\n5')),
         # unfinished: no marker, every line is a step
-        ("a\nb\n", ParsedSolution(["a", "b"], None, False)),
-        ("a\nb", ParsedSolution(["a", "b"], None, False)),
-        ("", ParsedSolution([], None, False)),
-        ("\n \n", ParsedSolution([], None, False)),
+        ("a\nb\n", ParsedSolution(["a", "b"], None, False, None)),
+        ("a\nb", ParsedSolution(["a", "b"], None, False, None)),
+        ("", ParsedSolution([], None, False, None)),
+        ("\n \n", ParsedSolution([], None, False, None)),
         # marker written, answer not yet: an (empty) answer but not finished
-        ("a\n# Answer", ParsedSolution(["a"], "", False)),
-        ("a\n# Answer\n\n", ParsedSolution(["a"], "", False)),
+        ("a\n# Answer", ParsedSolution(["a"], "", False, '# Answer')),
+        ("a\n# Answer\n\n", ParsedSolution(["a"], "", False, '# Answer')),
         # only the answer; a multi-line answer; the first marker line wins
-        ("# Answer\n\n5", ParsedSolution([], "5", True)),
-        ("a\n# Answer\n\n5\n6", ParsedSolution(["a"], "5\n6", True)),
-        ("a\n# Answer: 1\n# Answer: 2", ParsedSolution(["a"], "1\n# Answer: 2", True)),
+        ("# Answer\n\n5", ParsedSolution([], "5", True, '# Answer\n\n5')),
+        ("a\n# Answer\n\n5\n6", ParsedSolution(["a"], "5\n6", True, '# Answer\n\n5\n6')),
+        ("a\n# Answer: 1\n# Answer: 2", ParsedSolution(["a"], "1\n# Answer: 2", True, '# Answer: 1\n# Answer: 2')),
         # the marker must start the line
-        ("x # Answer: 3", ParsedSolution(["x # Answer: 3"], None, False)),
+        ("x # Answer: 3", ParsedSolution(["x # Answer: 3"], None, False, None)),
     ],
 )
 def test_split_plain(text: str, expected: ParsedSolution) -> None:
@@ -76,7 +76,7 @@ def test_split_plain(text: str, expected: ParsedSolution) -> None:
 
 def test_split_plain_custom_separator_and_marker() -> None:
     fmt = StepFormat(separator="\n\n", answer_marker="The answer is", answer_joiner=" ")
-    assert split_solution("a\nb\n\nc\n\nThe answer is 5", fmt) == ParsedSolution(["a\nb", "c"], "5", True)
+    assert split_solution("a\nb\n\nc\n\nThe answer is 5", fmt) == ParsedSolution(["a\nb", "c"], "5", True, "The answer is 5")
     assert join_solution(["a", "c"], "5", fmt) == "a\n\nc\n\nThe answer is 5"
 
 
@@ -94,30 +94,30 @@ def test_join_plain() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("<reasoning>\na\nb\n</reasoning>\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", True)),
+        ("<reasoning>\na\nb\n</reasoning>\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", True, '</reasoning>\n<answer>5</answer>')),
         # whitespace, empty lines, text outside the tags
         (
             "Sure!\n<reasoning>\n\n  a  \n\n b\n</reasoning>\nso:\n<answer> 5 </answer>\nbye",
-            ParsedSolution(["a", "b"], "5", True),
+            ParsedSolution(["a", "b"], "5", True, "</reasoning>\nso:\n<answer> 5 </answer>\nbye"),
         ),
-        ("<reasoning>a\nb</reasoning><answer>5</answer>", ParsedSolution(["a", "b"], "5", True)),
+        ("<reasoning>a\nb</reasoning><answer>5</answer>", ParsedSolution(["a", "b"], "5", True, '</reasoning><answer>5</answer>')),
         # missing open tag
-        ("a\nb\n</reasoning>\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", True)),
+        ("a\nb\n</reasoning>\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", True, '</reasoning>\n<answer>5</answer>')),
         # missing both reasoning tags
-        ("a\nb\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", True)),
+        ("a\nb\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", True, '<answer>5</answer>')),
         # missing close tag: the reasoning runs to the answer, but it is not finished
-        ("<reasoning>\na\nb\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", False)),
+        ("<reasoning>\na\nb\n<answer>5</answer>", ParsedSolution(["a", "b"], "5", False, '<answer>5</answer>')),
         # unclosed answer: read to the end
-        ("<reasoning>\na\n</reasoning>\n<answer>12\n", ParsedSolution(["a"], "12", True)),
+        ("<reasoning>\na\n</reasoning>\n<answer>12\n", ParsedSolution(["a"], "12", True, '</reasoning>\n<answer>12')),
         # missing answer
-        ("<reasoning>\na\nb\n</reasoning>\n", ParsedSolution(["a", "b"], None, False)),
-        ("<reasoning>\na\nb", ParsedSolution(["a", "b"], None, False)),
-        ("a\nb", ParsedSolution(["a", "b"], None, False)),
-        ("", ParsedSolution([], None, False)),
+        ("<reasoning>\na\nb\n</reasoning>\n", ParsedSolution(["a", "b"], None, False, '</reasoning>')),
+        ("<reasoning>\na\nb", ParsedSolution(["a", "b"], None, False, None)),
+        ("a\nb", ParsedSolution(["a", "b"], None, False, None)),
+        ("", ParsedSolution([], None, False, None)),
         # empty answer
-        ("<reasoning>\na\n</reasoning>\n<answer> </answer>", ParsedSolution(["a"], "", False)),
+        ("<reasoning>\na\n</reasoning>\n<answer> </answer>", ParsedSolution(["a"], "", False, '</reasoning>\n<answer> </answer>')),
         # only an answer
-        ("<answer>5</answer>", ParsedSolution([], "5", True)),
+        ("<answer>5</answer>", ParsedSolution([], "5", True, '<answer>5</answer>')),
     ],
 )
 def test_split_tagged(text: str, expected: ParsedSolution) -> None:
@@ -174,15 +174,15 @@ def test_scoring_text() -> None:
 
 def test_step_end_chars() -> None:
     text = "a\n\nbb  \n# Answer: 5"
-    assert step_end_chars(text) == [1, 7]
+    assert step_end_chars(text) == [1, 7, 18]  # the answer is a step: it ends on its last character
     assert step_end_chars("a\nbb") == [1, 3]  # nothing after the last step: its last char
     assert step_end_chars("a\nbb  ") == [1, 3]
     prompt = "Q?\n"
-    assert step_end_chars(prompt + text, start=len(prompt)) == [4, 10]
+    assert step_end_chars(prompt + text, start=len(prompt)) == [4, 10, 21]
     tagged = "<reasoning>\na\nbb\n</reasoning>\n<answer>5</answer>"
-    assert step_end_chars(tagged, TAGGED) == [13, 16]
-    assert [tagged[e] for e in step_end_chars(tagged, TAGGED)] == ["\n", "\n"]
-    assert step_end_chars("<reasoning>a\nbb</reasoning>", TAGGED) == [12, 14]
+    assert step_end_chars(tagged, TAGGED) == [13, 16, 47]
+    assert [tagged[e] for e in step_end_chars(tagged, TAGGED)] == ["\n", "\n", ">"]
+    assert step_end_chars("<reasoning>a\nbb</reasoning>", TAGGED) == [12, 14, 26]
 
 
 def test_step_end_chars_agrees_with_scoring_text() -> None:
@@ -261,9 +261,13 @@ def test_step_end_tokens_char_level(prompt: str, solution: str, fmt: StepFormat)
     enc, ends, chosen = _chosen_tokens(tok, prompt, solution, fmt)
     text = prompt + solution
     assert enc["offset_mapping"] == [(i, i + 1) for i in range(len(text))]  # one char per token
-    assert len(ends) == len(split_solution(solution, fmt).steps)
+    parsed = split_solution(solution, fmt)
+    assert len(ends) == len(parsed.labelled_steps)
     assert chosen == ends
-    assert all(tok.decode([enc["input_ids"][i]]) == "\n" for i in chosen)
+    n = len(parsed.steps)
+    assert all(tok.decode([enc["input_ids"][i]]) == "\n" for i in chosen[:n])  # reasoning steps: the separator
+    if parsed.answer_step is not None:  # the answer step: its own last character
+        assert tok.decode([enc["input_ids"][chosen[n]]]) == parsed.answer_step[-1] and chosen[n] == len(text) - 1
 
 
 @pytest.mark.parametrize("trim_offsets", [False, True])
@@ -273,8 +277,12 @@ def test_step_end_tokens_bpe(trim_offsets: bool) -> None:
     for prompt, solution, fmt in TOKEN_CASES:
         enc, ends, chosen = _chosen_tokens(tok, prompt, solution, fmt)
         offsets = enc["offset_mapping"]
-        assert len(ends) == len(split_solution(solution, fmt).steps) > 0
-        for end, i in zip(ends, chosen):
+        parsed = split_solution(solution, fmt)
+        assert len(ends) == len(parsed.labelled_steps) > 0
+        if parsed.answer_step is not None:  # the answer step's reward sits on the token of its last character
+            end, i = ends[-1], chosen[-1]
+            assert [j for j, (s, e) in enumerate(offsets) if s <= end < e] == [i] == [len(offsets) - 1]
+        for end, i in zip(ends[: len(parsed.steps)], chosen):
             assert (prompt + solution)[end] == "\n"
             holders = [j for j, (s, e) in enumerate(offsets) if s <= end < e]
             assert holders == [i]  # exactly the token that contains the separator
@@ -353,9 +361,10 @@ def test_split_never_raises(text: str, fmt: StepFormat) -> None:
     assert all(s and s == s.strip() and "\n" not in s for s in parsed.steps)
     assert parsed.finished <= bool(parsed.answer)
     ends = step_end_chars(text, fmt)
-    assert len(ends) == len(parsed.steps)
+    steps = parsed.labelled_steps
+    assert len(ends) == len(steps) and (parsed.answer_step or "x") == (parsed.answer_step or "x").strip()
     assert ends == sorted(ends) and all(0 <= e < len(text) for e in ends)
-    for end, step in zip(ends, parsed.steps):
+    for end, step in zip(ends, steps):
         assert text[end] == "\n" or text[end] == step[-1]
     # a prefix before the solution shifts every end by its length
     assert step_end_chars("P\n" + text, fmt, start=2) == [e + 2 for e in ends]

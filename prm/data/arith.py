@@ -20,9 +20,11 @@ slips (a result off by 1..``max_slip``) and systematic mistakes (a fixed, seeded
 Later steps continue consistently from the written (wrong) value, and the answer is the last
 written value.
 
-``label_solution`` is the exact labeller for any text: a step is on track (1.0) iff it and every
-earlier step are well-formed and exactly right against the problem; from the first bad step on
-every label is 0.0. Numbers compare by value; whitespace around a step or answer is ignored.
+``label_solution`` is the exact labeller for any text (``label_steps`` for a step list): a step
+is on track (1.0) iff it and every earlier step are well-formed and exactly right against the
+problem; from the first bad step on every label is 0.0. The answer is a labelled step (the last):
+1.0 iff every operation was done right in order and the answer equals the result. Numbers compare
+by value; whitespace around a step or answer is ignored.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from __future__ import annotations
 import operator
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
+from itertools import count, islice
 from typing import Any
 
 from prm.data.stepwise import StepwiseExample
-from prm.steps import ParsedSolution, StepFormat, join_solution, split_solution
+from prm.steps import ParsedSolution, StepFormat, is_answer_step, join_solution, split_solution
 
 ARITH_FORMAT = StepFormat(answer_joiner=": ")
 """Plain steps then ``# Answer: N``, e.g. ``7+5=2\\n2*3=6\\n# Answer: 6``."""
@@ -199,21 +202,24 @@ class Problem:
 
 def generate_problems(n: int, cfg: ArithConfig | None = None, seed: int = 0) -> list[Problem]:
     """``n`` problems, deterministic per seed; difficulty uniform in [min_ops, max_ops]."""
-    cfg = cfg if cfg is not None else ArithConfig()
     if n < 0:
         raise ValueError(f"n must be >= 0 (got {n})")
+    return list(islice(iter_problems(cfg, seed), n))
+
+
+def iter_problems(cfg: ArithConfig | None = None, seed: int = 0) -> Iterator[Problem]:
+    """An endless stream of problems, deterministic per seed (``generate_problems`` takes its first n)."""
+    cfg = cfg if cfg is not None else ArithConfig()
     rng = random.Random(seed)
     lo, hi = cfg.operand_min, cfg.operand_max
-    out: list[Problem] = []
-    for i in range(n):
+    for i in count():
         k = rng.randint(cfg.min_ops, cfg.max_ops)
         if cfg.modulus is not None:
             start = rng.randint(lo, hi)
             ops = tuple((rng.choice(cfg.operators), rng.randint(lo, hi)) for _ in range(k))
         else:
             start, ops = _bounded_chain(k, cfg, rng)
-        out.append(Problem(id=f"arith-{seed}-{i}", start=start, ops=ops, modulus=cfg.modulus))
-    return out
+        yield Problem(id=f"arith-{seed}-{i}", start=start, ops=ops, modulus=cfg.modulus)
 
 
 def _bounded_chain(k: int, cfg: ArithConfig, rng: random.Random) -> tuple[int, tuple[tuple[str, int], ...]]:
@@ -339,47 +345,75 @@ class ArithLabel:
     process_correct: bool
 
 
-def _label_parsed(problem: Problem, parsed: ParsedSolution) -> ArithLabel:
+def _answer_in(step: str, fmt: StepFormat) -> int | None:
+    """The integer an answer step gives (None: no answer, or not an integer)."""
+    return parse_int(split_solution(step, fmt).answer)
+
+
+def label_steps(problem: Problem, steps: Sequence[str], fmt: StepFormat = ARITH_FORMAT) -> list[float]:
+    """Exact labels of a step list as ``prm.steps.solution_steps`` splits it (never raises).
+
+    A computation step is 1.0 iff it and every earlier step are exactly right. The answer step
+    (``prm.steps.is_answer_step``) is 1.0 iff every operation was done right, in order, and its
+    answer equals the result: a premature answer, one that disagrees with the last step, or a
+    right answer after a wrong step is 0.0. Every step after the answer step is 0.0.
+    """
     values, ops, true_steps = problem.values, problem.ops, problem.true_steps
     labels: list[float] = []
-    on_track = True
-    for i, step in enumerate(parsed.steps):
-        if on_track and i < len(ops):
-            if step != true_steps[i]:  # fast path for the canonical text, else compare by value
-                got = parse_step(step)
-                on_track = got is not None and got == (values[i], ops[i][0], ops[i][1], values[i + 1])
-        else:
+    on_track, done, n = True, False, 0
+    for step in steps:
+        if done or not on_track:
             on_track = False
+        elif is_answer_step(step, fmt):
+            on_track = n == len(ops) and _answer_in(step, fmt) == problem.answer
+            done = True
+        else:
+            if n >= len(ops):
+                on_track = False
+            elif step != true_steps[n]:  # fast path for the canonical text, else compare by value
+                on_track = parse_step(step) == (values[n], ops[n][0], ops[n][1], values[n + 1])
+            n += 1
         labels.append(1.0 if on_track else 0.0)
+    return labels
+
+
+def _label_parsed(problem: Problem, parsed: ParsedSolution, fmt: StepFormat) -> ArithLabel:
+    labels = label_steps(problem, parsed.labelled_steps, fmt)
     answer = parse_int(parsed.answer)
     correct = answer is not None and answer == problem.answer
     return ArithLabel(
         step_labels=labels,
         correct=correct,
         answer=answer,
-        first_error=None if on_track else labels.index(0.0),
+        first_error=labels.index(0.0) if 0.0 in labels else None,
         finished=parsed.finished,
-        process_correct=on_track and len(labels) == len(ops) and correct,
+        process_correct=parsed.answer_step is not None and bool(labels) and labels[-1] == 1.0,
     )
 
 
 def label_solution(problem: Problem, text: str, fmt: StepFormat = ARITH_FORMAT) -> ArithLabel:
-    """Label any text exactly (never raises): 1.0 while every step so far is exactly right."""
-    return _label_parsed(problem, split_solution(text, fmt))
+    """Label any text exactly (never raises): its ``solution_steps``, the answer step included."""
+    return _label_parsed(problem, split_solution(text, fmt), fmt)
 
 
-ERROR_KINDS: tuple[str, ...] = ("systematic", "slip", "copy", "malformed", "extra")
+ERROR_KINDS: tuple[str, ...] = ("systematic", "slip", "copy", "malformed", "extra", "answer")
 """Kinds of a wrong step (``step_error_kind``), in report order."""
 
 
-def step_error_kind(problem: Problem, step: str, index: int, cfg: ArithConfig) -> str:
+def step_error_kind(problem: Problem, step: str, index: int, cfg: ArithConfig,
+                    fmt: StepFormat = ARITH_FORMAT) -> str:
     """Why step ``index`` of a solution whose earlier steps are right is wrong (see ``ERROR_KINDS``).
 
+    ``answer``: the answer step is wrong (premature, or not the result of the right steps before it);
     ``extra``: a step past the problem's last operation; ``malformed``: not ``left op right=result``;
     ``copy``: the left value or the operation is not the problem's; ``systematic``: the result is the
     fixed wrong result of one of the world's systematic facts; ``slip``: any other wrong result.
     Raises ValueError when the step is right.
     """
+    if is_answer_step(step, fmt):
+        if index == len(problem.ops) and _answer_in(step, fmt) == problem.answer:
+            raise ValueError(f"answer step {index} ({step!r}) of {problem.id!r} is right: it has no error kind")
+        return "answer"
     if index >= len(problem.ops):
         return "extra"
     got = parse_step(step)
@@ -397,11 +431,11 @@ def step_error_kind(problem: Problem, step: str, index: int, cfg: ArithConfig) -
 def to_stepwise(problem: Problem, text: str, fmt: StepFormat = ARITH_FORMAT, **extra: Any) -> StepwiseExample:
     """A labelled stepwise example of ``text``; extra keys describe the problem and the label."""
     parsed = split_solution(text, fmt)
-    label = _label_parsed(problem, parsed)
+    label = _label_parsed(problem, parsed, fmt)
     labels: list[float | None] = list(label.step_labels)
     return StepwiseExample(
         prompt=problem.prompt,
-        completions=list(parsed.steps),
+        completions=parsed.labelled_steps,
         labels=labels,
         extra={
             "id": problem.id,
@@ -438,6 +472,6 @@ def generate_dataset(
 
 __all__ = [
     "ARITH_FORMAT", "ArithConfig", "ArithLabel", "InjectedSolution", "Problem", "apply_op", "format_step",
-    "generate_dataset", "generate_problems", "label_solution", "parse_int", "parse_step",
+    "generate_dataset", "generate_problems", "iter_problems", "label_solution", "label_steps", "parse_int", "parse_step",
     "sample_injected", "sample_training_solution", "solution_text", "systematic_facts", "to_stepwise",
 ]

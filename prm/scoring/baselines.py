@@ -4,16 +4,14 @@ All implement the ``Scorer`` protocol; their incremental ``extend`` re-scores th
 step list (``ScorerBase.extend``), which costs nothing for the first three and one forward pass
 per child for the likelihood baseline (counted honestly in ``stats.tokens_processed``).
 
-- ``OracleScorer``: exact labels in the arithmetic world. Problems are arithmetic prompts
-  (``"Q: 7+5*3-4"``, surrounding whitespace ignored). An arithmetic step scores 1.0 iff it and every
-  earlier step are exactly right (``prm.data.arith`` semantics). An answer step (``# Answer: 2``,
-  or ``<answer>2</answer>`` / ``</reasoning>`` in the tagged format) scores 1.0 iff every
-  earlier step is right, every operation was done, and the answer (if it has one) is the
-  problem's; every step after the answer scores 0.0.
-- ``OutcomeScorer``: only the final answer matters. A finished candidate (one with an answer
-  step) gives EVERY step the answer's correctness (1.0 / 0.0, ``prm.grading.grade_answer``
-  against the reference); an unfinished one gives every step 0.5 (unknown). Reference answers
-  come from ``answers`` (problem text -> answer), else, for arithmetic prompts, from the world.
+- ``OracleScorer``: the world's exact step labels (``World.step_labels``; the arithmetic world:
+  a step scores 1.0 iff it and every earlier step are exactly right, the answer step iff every
+  operation was done right and the answer is the result; every step after the answer 0.0). A
+  world without exact labels is refused.
+- ``OutcomeScorer``: only the final answer matters. A candidate with an answer step gives EVERY
+  step the answer's correctness (1.0 / 0.0, ``prm.grading.grade_answer`` against the reference;
+  an answer step without an answer is 0.0); an unfinished one gives every step 0.5 (unknown).
+  Reference answers come from ``answers`` (problem text -> answer), else from the world.
 - ``RandomScorer``: a uniform [0, 1) score per step, a deterministic hash of (seed, problem,
   steps up to it), so reruns and ties reproduce and a step's score never depends on batching.
 - ``LikelihoodScorer``: the policy's own confidence as a reranker. The policy reads its own text
@@ -29,106 +27,102 @@ import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.data.arith import Problem, parse_int, parse_step
 from prm.grading import grade_answer
 from prm.models.loading import load_causal_lm, model_and_tokenizer
 from prm.scoring.base import ScorerBase, Timer, check_score_args, eval_inference
-from prm.steps import REASONING_CLOSE, StepFormat, is_answer_step, policy_prompt, solution_prefix, split_solution
+from prm.steps import StepFormat, is_answer_step, policy_prompt, solution_prefix, split_solution
+from prm.worlds import Task, World, make_world
 
 
 def _fmt(style: str, separator: str) -> StepFormat:
     return StepFormat(style=style, separator=separator, answer_joiner=": ")  # type: ignore[arg-type]
 
 
-class _ArithProblems:
-    """Parses arithmetic prompts once each."""
+def _world(world: World | Mapping[str, Any] | None) -> World:
+    """A world object, or one built from a ``data`` config mapping (default: the arithmetic world)."""
+    if world is None:
+        return make_world({"source": "arith"})
+    if isinstance(world, Mapping):
+        return make_world(world)
+    return world
 
-    def __init__(self, modulus: int | None) -> None:
-        self.modulus = modulus
-        self._cache: dict[str, Problem] = {}
 
-    def __call__(self, prompt: str) -> Problem:
+class _Tasks:
+    """Looks each problem text up in the world once."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self._cache: dict[str, Task] = {}
+
+    def __call__(self, prompt: str) -> Task:
         if prompt not in self._cache:
-            self._cache[prompt] = Problem.from_prompt(prompt.strip(), modulus=self.modulus)
+            self._cache[prompt] = self.world.task(prompt)
         return self._cache[prompt]
 
 
-def _answer_of(step: str, fmt: StepFormat) -> str | None:
-    """The answer written in an answer step (None for a bare ``</reasoning>``)."""
-    if fmt.style == "tagged" and step.strip().startswith(REASONING_CLOSE) and "<answer>" not in step:
-        return None
-    parsed = split_solution(step, fmt)
-    return parsed.answer if parsed.answer is not None else ""
-
-
-def oracle_labels(problem: Problem, steps: Sequence[str], fmt: StepFormat) -> list[float]:
-    """Exact per-step labels of a step list (see ``OracleScorer``)."""
-    values, ops = problem.values, problem.ops
-    labels: list[float] = []
-    on_track, done, n_arith = True, False, 0
-    for step in steps:
-        if done or not on_track:
-            on_track = False
-        elif is_answer_step(step, fmt):
-            answer = _answer_of(step, fmt)
-            on_track = n_arith == len(ops) and (answer is None or parse_int(answer) == problem.answer)
-            done = answer is not None
-        else:
-            k = n_arith
-            on_track = k < len(ops) and parse_step(step) == (values[k], ops[k][0], ops[k][1], values[k + 1])
-            n_arith += 1
-        labels.append(1.0 if on_track else 0.0)
-    return labels
-
-
 class OracleScorer(ScorerBase):
-    """Exact step labels in the arithmetic world (see the module docstring); no model, no tokens."""
+    """The world's exact step labels as scores (see the module docstring); no model, no tokens.
 
-    def __init__(self, modulus: int | None = 10, style: str = "plain", separator: str = "\n",
-                 aggregation: str = "min") -> None:
+    ``world``: a ``World`` or a ``data`` config mapping (default: the arithmetic world). A world
+    without exact labels is a clear error.
+    """
+
+    def __init__(self, world: World | Mapping[str, Any] | None = None, aggregation: str = "min") -> None:
         super().__init__(aggregation)
-        self.fmt = _fmt(style, separator)
-        self.problems = _ArithProblems(modulus)
+        self.world = _world(world)
+        if not self.world.exact_labels:
+            raise ValueError(f"the oracle scorer needs a world with exact step labels; the {self.world.name!r} "
+                             "world has none (use data=arith, or a trained PRM / the outcome scorer)")
+        self.fmt = self.world.fmt
+        self.tasks = _Tasks(self.world)
 
     def score(self, problems: Sequence[str], candidates: Sequence[Sequence[Sequence[str]]]) -> list[list[list[float]]]:
         check_score_args(problems, candidates)
         with Timer(self.stats):
-            out = [[oracle_labels(self.problems(p), steps, self.fmt) for steps in cands]
-                   for p, cands in zip(problems, candidates)]
+            out = []
+            for p, cands in zip(problems, candidates):
+                task = self.tasks(p)
+                out.append([list(self.world.step_labels(task, steps) or []) for steps in cands])
             self.stats.steps_scored += sum(len(s) for c in out for s in c)
         return out
 
 
 class OutcomeScorer(ScorerBase):
-    """Outcome-only scores: every step gets the final answer's correctness, 0.5 while unfinished."""
+    """Outcome-only scores: every step gets the final answer's correctness, 0.5 while unfinished.
 
-    def __init__(self, answers: Mapping[str, str] | None = None, modulus: int | None = 10, style: str = "plain",
-                 separator: str = "\n", unfinished_score: float = 0.5, aggregation: str = "last") -> None:
+    References: ``answers`` (problem text -> answer) when given, else the world's task.
+    """
+
+    def __init__(self, answers: Mapping[str, str] | None = None, world: World | Mapping[str, Any] | None = None,
+                 unfinished_score: float = 0.5, aggregation: str = "last") -> None:
         super().__init__(aggregation)
         self.answers = {k: str(v) for k, v in (answers or {}).items()}
-        self.fmt = _fmt(style, separator)
+        self.world = _world(world)
+        self.fmt = self.world.fmt
         self.unfinished_score = float(unfinished_score)
-        self.problems = _ArithProblems(modulus)
+        self.tasks = _Tasks(self.world)
 
     def reference(self, problem: str) -> str:
         for key in (problem, problem.strip()):
             if key in self.answers:
                 return self.answers[key]
         try:
-            return str(self.problems(problem).answer)
-        except ValueError:
+            return self.tasks(problem).answer
+        except KeyError:
             raise KeyError(f"no reference answer for problem {problem[:80]!r}: pass answers={{problem: answer}}") from None
 
     def _outcome(self, problem: str, steps: Sequence[str]) -> float:
         for step in steps:
             if is_answer_step(step, self.fmt):
-                answer = _answer_of(step, self.fmt)
-                if answer is not None:
-                    return 1.0 if grade_answer(answer, self.reference(problem)) else 0.0
+                answer = split_solution(step, self.fmt).answer
+                if not answer:
+                    return 0.0  # an answer step without an answer
+                return 1.0 if grade_answer(answer, self.reference(problem)) else 0.0
         return self.unfinished_score
 
     def score(self, problems: Sequence[str], candidates: Sequence[Sequence[Sequence[str]]]) -> list[list[list[float]]]:
@@ -259,4 +253,4 @@ class LikelihoodScorer(ScorerBase):
         return eval_inference(self.model)
 
 
-__all__ = ["LikelihoodScorer", "OracleScorer", "OutcomeScorer", "RandomScorer", "oracle_labels"]
+__all__ = ["LikelihoodScorer", "OracleScorer", "OutcomeScorer", "RandomScorer"]

@@ -45,6 +45,7 @@ from prm.models.prm_inputs import EncodedSteps
 from prm.models.prm_model import load_prm
 from prm.scoring.base import Prefix, ScorerBase, Timer, check_extend_args, check_score_args, eval_inference
 from prm.scoring.conventions import Convention, StepReader
+from prm.steps import StepFormat, load_step_format
 
 def load_scoring_model(path: str | Path, kind: str, dtype: torch.dtype = torch.float32,
                        trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -137,6 +138,9 @@ class PRMScorer(ScorerBase):
     ``step_sep``, ``prompt_sep``, ``good_token``, ``bad_token``, ``chat_template``,
     ``system_prompt``) fill it. ``dtype``: None keeps a given model's dtype (fp32 when loading).
     ``max_length``: token limit per sequence (None: the model's ``max_position_embeddings``).
+    ``separator`` / ``style``: None reads the format saved with the PRM (``step_format.json``,
+    written by prm-train; ``"\n"`` when there is none); a value that differs from the saved
+    format is a clear error, never a silent re-split.
     """
 
     def __init__(
@@ -151,7 +155,8 @@ class PRMScorer(ScorerBase):
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
         truncated_score: float = 0.5,
-        separator: str = "\n",
+        separator: str | None = None,
+        style: str | None = None,
         tag: str = " ки",
         step_sep: str = "\n",
         prompt_sep: str = " ",
@@ -164,8 +169,19 @@ class PRMScorer(ScorerBase):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__(aggregation)
+        saved = load_step_format(model_or_path if isinstance(model_or_path, (str, Path)) else
+                                 getattr(getattr(model_or_path, "config", None), "_name_or_path", None))
+        self.saved_format = saved
+        if saved is not None:
+            wanted = StepFormat(style=style or saved.style, separator=separator or saved.separator,  # type: ignore[arg-type]
+                                answer_marker=saved.answer_marker)
+            if saved.mismatch(wanted):
+                raise ValueError(f"this PRM was trained on steps in another format than configured "
+                                 f"({'; '.join(saved.mismatch(wanted))}; trained vs configured): score it with "
+                                 f"its own format (leave scorer.separator / scorer.style unset) or retrain it")
+            separator = saved.separator
         conv = convention if isinstance(convention, Convention) else Convention(
-            convention, separator=separator, tag=tag, step_sep=step_sep, prompt_sep=prompt_sep,
+            convention, separator=separator or "\n", tag=tag, step_sep=step_sep, prompt_sep=prompt_sep,
             good_token=good_token, bad_token=bad_token, good_token_id=good_token_id, bad_token_id=bad_token_id,
             chat_template=chat_template, system_prompt=system_prompt)
         model, tokenizer = model_and_tokenizer(

@@ -1,8 +1,9 @@
 """vLLM backend of the ``Generator`` protocol (GPU; vLLM is an optional extra, imported only here, lazily).
 
-One ``generate`` call is one ``LLM.generate`` over all prompts with
+One ``generate`` call is one ``LLM.generate`` over all prompts with one
 ``SamplingParams(n, temperature, top_p, max_tokens, stop, include_stop_str_in_output=True, seed,
-logprobs=0)``: vLLM prefills each prompt once for its ``n`` samples and, with prefix caching,
+logprobs=0)`` per prompt, each with its own seed (``prompt_seeds``: identical prompts of one call
+get different samples): vLLM prefills each prompt once for its ``n`` samples and, with prefix caching,
 reuses the KV cache of prefixes seen in earlier calls (step-by-step search re-sends growing
 prefixes). Counts come from the ``RequestOutput``: ``prompt_tokens = len(prompt_token_ids)`` on the
 first sample of each prompt (the same accounting as the HF backend, so strategies compare across
@@ -15,6 +16,7 @@ like the HF backend.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,6 +69,19 @@ def request_to_generations(request: Any, decode: Callable[[list[int]], str]) -> 
     completions = sorted(request.outputs, key=lambda c: c.index)
     plen = len(request.prompt_token_ids or [])
     return [completion_to_generation(c, plen if k == 0 else 0, decode) for k, c in enumerate(completions)]
+
+
+def prompt_seeds(seed: int | None, n_prompts: int) -> list[int | None]:
+    """One seed per prompt of a call, derived from the call's seed and the prompt's index, so that
+    identical prompts in one call (duplicate beams, DVTS subtrees) draw different samples while the
+    call stays reproducible; None (unseeded) stays None."""
+    if seed is None:
+        return [None] * n_prompts
+    out = []
+    for i in range(n_prompts):
+        h = hashlib.blake2b(f"{seed}\x1f{i}".encode(), digest_size=8).digest()
+        out.append(int.from_bytes(h, "big") >> 34)  # 30 bits: vLLM seeds are Python ints fed to torch/numpy
+    return out
 
 
 class VLLMGenerator:
@@ -131,7 +146,7 @@ class VLLMGenerator:
         if not prompts:
             return []
         start = time.perf_counter()
-        params = self._vllm.SamplingParams(
+        params = [self._vllm.SamplingParams(
             n=n,
             temperature=temperature,
             top_p=top_p,
@@ -139,9 +154,9 @@ class VLLMGenerator:
             stop=stops or None,
             include_stop_str_in_output=True,
             skip_special_tokens=False,  # like the HF backend: specials stay in the text, EOS is dropped
-            seed=seed,
+            seed=s,
             logprobs=0,  # the sampled token's log-prob only
-        )
+        ) for s in prompt_seeds(seed, len(prompts))]
         requests = self.llm.generate(list(prompts), params, use_tqdm=False)
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
         results = [request_to_generations(r, decode) for r in requests]
@@ -150,4 +165,4 @@ class VLLMGenerator:
         return results
 
 
-__all__ = ["INSTALL_HINT", "VLLMGenerator", "completion_to_generation", "request_to_generations"]
+__all__ = ["INSTALL_HINT", "VLLMGenerator", "prompt_seeds", "completion_to_generation", "request_to_generations"]

@@ -25,7 +25,7 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from prm.data.stepwise import StepwiseExample, read_stepwise

@@ -1,4 +1,9 @@
-"""``report.md`` for a demo run: the policy, the PRM, the baselines and the sweep, as tables and plots."""
+"""``report.md`` for a demo run: the policy, the PRM, the baselines and the sweep, as tables and plots.
+
+Every accuracy carries a 95% bootstrap interval over problems (``prm.evaluation.metrics.bootstrap_ci``),
+recomputed here from the stages' per-problem files (samples, step scores, search records), so a
+report over stages cached by an older version still gets them.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,71 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from prm.io import atomic_write_text
+from prm.data.stepwise import StepwiseExample, read_stepwise
+from prm.evaluation.metrics import bootstrap_ci
+from prm.io import atomic_write_text, read_resumable_jsonl
+from prm.worlds import Task
 
 
 def _f(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, (int, float)) and x == x else "n/a"
 
 
-def policy_table(test: dict[str, Any]) -> list[str]:
-    """Greedy, sampled, majority, pass and likelihood best-of-k by difficulty."""
+def _ci(mean: Any, ci: Any) -> str:
+    """``0.568 [0.524, 0.612]``: a mean with its 95% interval."""
+    if ci is None or not isinstance(mean, (int, float)) or mean != mean:
+        return _f(mean)
+    return f"{_f(mean)} [{_f(ci[0])}, {_f(ci[1])}]"
+
+
+def _samples_by_problem(path: Path) -> tuple[list[Task], dict[str, list[StepwiseExample]]]:
+    by_id: dict[str, list[StepwiseExample]] = {}
+    for ex in read_stepwise(path):
+        by_id.setdefault(str(ex.extra["id"]), []).append(ex)
+    tasks = [Task(i, exs[0].prompt, str(exs[0].extra.get("answer")), exs[0].extra.get("difficulty"))
+             for i, exs in by_id.items()]
+    return tasks, by_id
+
+
+def policy_table(run_dir: Path, test: dict[str, Any]) -> list[str]:
+    """Greedy, sampled, majority, pass and likelihood best-of-k by difficulty, with 95% intervals."""
+    from search.sample import policy_intervals, policy_metrics
+
     k = test["k"]
+    tasks, samples = _samples_by_problem(run_dir / "test" / "samples.jsonl")
+    greedy_path = run_dir / "test" / "greedy.jsonl"
+    greedy = {str(ex.extra["id"]): ex for ex in read_stepwise(greedy_path)} if greedy_path.exists() else {}
+    metrics, ci = policy_metrics(tasks, samples, greedy), policy_intervals(tasks, samples, greedy)
     lines = [f"| difficulty | problems | greedy | sampled (T=1) | majority@{k} | pass@{k} | likelihood best-of-{k} |",
              "|---|---|---|---|---|---|---|"]
-    for group, m in test["metrics"].items():
-        lines.append(f"| {group} | {int(m['problems'])} | {_f(m.get('greedy'))} | {_f(m['sampled'])} | "
-                     f"{_f(m['majority'])} | {_f(m['pass'])} | {_f(m['likelihood_best'])} |")
+    for group, m in metrics.items():
+        c = ci[group]
+        lines.append(f"| {group} | {int(m['problems'])} | {_ci(m.get('greedy'), c.get('greedy'))} | "
+                     f"{_ci(m['sampled'], c['sampled'])} | {_ci(m['majority'], c['majority'])} | "
+                     f"{_ci(m['pass'], c['pass'])} | {_ci(m['likelihood_best'], c['likelihood_best'])} |")
+    return lines
+
+
+def selection_with_intervals(run_dir: Path, stage: str, aggregation: str) -> dict[str, Any]:
+    """prm-eval's best-of-N curves for one eval stage, recomputed from its scores (with 95% intervals)."""
+    from prm.prm_eval import problem_groups, selection_eval
+
+    examples = read_stepwise(run_dir / "test" / "samples.jsonl")
+    scores = [rec["step_scores"] for rec in read_resumable_jsonl(run_dir / stage / "scores.jsonl")]
+    return selection_eval(examples, scores, problem_groups(examples), aggregation, draws=100, seed=0)
+
+
+def headline_table(run_dir: Path, evals: dict[str, dict[str, Any]]) -> list[str]:
+    """At N = all samples: each scorer's best-of-N and weighted majority, majority, pass, with intervals."""
+    lines = ["| scorer | within-problem AUROC | best-of-N | weighted majority | majority | pass@N |",
+             "|---|---|---|---|---|---|"]
+    for name, (stage, e) in evals.items():
+        agg = e["aggregation"]
+        sel = selection_with_intervals(run_dir, stage, agg)["all"]
+        n = sel["ns"][-1]
+        cell = {m: _ci(v["mean"][-1], v.get("ci95", [None])[-1]) for m, v in sel["methods"].items()}
+        lines.append(f"| {name} ({agg}, N={n}) | {_f(e['within_problem_auroc'][agg]['auroc'])} | {cell['best_of_n']} | "
+                     f"{cell['weighted_majority']} | {cell['majority']} | {cell['pass']} |")
     return lines
 
 
@@ -68,17 +123,30 @@ def selection_table(sel: dict[str, Any]) -> list[str]:
         lines += [f"**{'all problems' if group == 'all' else f'difficulty {group}'}** ({curves['problems']} problems)", "",
                   "| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---" * (len(ns) + 1) + "|"]
         for method, vals in curves["methods"].items():
-            lines.append(f"| {method} | " + " | ".join(_f(v) for v in vals["mean"]) + " |")
+            cis = vals.get("ci95") or [None] * len(vals["mean"])
+            lines.append(f"| {method} | " + " | ".join(_ci(v, c) for v, c in zip(vals["mean"], cis)) + " |")
         lines.append("")
     return lines
 
 
+def _cell_intervals(cell_dir: Path, final: str) -> dict[str, tuple[float, float]]:
+    """95% intervals of each final rule's accuracy (and pass) over a cell's problems (error records excluded)."""
+    recs = [r for r in read_resumable_jsonl(cell_dir / "results.jsonl") if not r.get("error")]
+    out = {f"acc_{rule}": bootstrap_ci([float(bool(r["correct"][rule])) for r in recs])
+           for rule in ("prm", "majority", "weighted_majority")}
+    out["acc_pass"] = bootstrap_ci([float(bool(r["pass"])) for r in recs])
+    out["acc_headline"] = out[f"acc_{final}"]
+    return out
+
+
 def sweep_table(csv_path: Path) -> list[str]:
-    """Accuracy (each final rule) and compute per strategy and budget, from the sweep's CSV."""
+    """Accuracy (each final rule, with 95% intervals) and compute per strategy and budget, from the sweep's CSV."""
     if not csv_path.exists():
         return ["(no sweep table)"]
     with csv_path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("status") == "done"]
+    for r in rows:
+        r["_ci"] = _cell_intervals(csv_path.parent / "cells" / r["cell"], r.get("final") or "prm")  # type: ignore[assignment]
     cols = [("strategy", "strategy"), ("n", "N"), ("acc_headline", "accuracy"), ("acc_prm", "PRM best"),
             ("acc_majority", "majority"), ("acc_weighted_majority", "PRM-weighted majority"), ("acc_pass", "pass@N"),
             ("generated_tokens_per_problem", "generated tok/problem"), ("prm_tokens_per_problem", "PRM tok/problem"),
@@ -90,7 +158,8 @@ def sweep_table(csv_path: Path) -> list[str]:
             v = r.get(key, "")
             try:
                 num = float(v)
-                cells.append(f"{num:.3g}" if "tok" in key or "flops" in key else f"{num:.3f}" if "acc" in key else v)
+                cells.append(f"{num:.3g}" if "tok" in key or "flops" in key
+                             else _ci(num, r["_ci"].get(key)) if "acc" in key else v)  # type: ignore[union-attr]
             except ValueError:
                 cells.append(v)
         lines.append("| " + " | ".join(cells) + " |")
@@ -107,19 +176,24 @@ def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> P
         "## Policy", "",
         f"{sft.get('parameters', 'n/a')} parameters, trained {sft.get('elapsed_s', 0):.0f} s "
         f"({sft.get('step', 'n/a')} steps, {sft.get('mean_tokens_per_s', 0):.0f} tokens/s).", "",
-        *policy_table(summaries["test"]), "",
+        *policy_table(run_dir, summaries["test"]), "",
         "## PRM", "",
         f"Trained from the policy's backbone on {summaries['prm'].get('n_train', 'n/a')} labelled samples; "
         f"validation step AUROC {_f(summaries['prm'].get('val_step_auroc'))}.", "",
         *prm_table({"PRM": summaries["eval_prm"], "policy likelihood": summaries["eval_likelihood"],
                     "oracle (exact labels)": summaries["eval_oracle"]}), "",
+        "### Each scorer ranking all held-out samples of a problem (95% bootstrap intervals over problems)", "",
+        "The oracle ranks by exact step labels, the answer step included: it is the upper bound of every scorer.", "",
+        *headline_table(run_dir, {"PRM": ("eval_prm", summaries["eval_prm"]),
+                                  "policy likelihood": ("eval_likelihood", summaries["eval_likelihood"]),
+                                  "oracle (exact labels)": ("eval_oracle", summaries["eval_oracle"])}), "",
         "### What each scorer catches: first-error steps by kind", "",
         "AUROC of the score at each kind's first-error steps against every right step with right steps "
         "before it: the policy's likelihood spots random slips, the PRM must add the systematic mistakes "
         "the policy makes confidently.", "",
         *error_kind_table(summaries["error_kinds"]), "",
         "### Best-of-N over the held-out samples (PRM ranking, majority, weighted majority, likelihood, oracle)", "",
-        *selection_table(summaries["eval_prm"]["selection"]), "",
+        *selection_table(selection_with_intervals(run_dir, "eval_prm", summaries["eval_prm"]["aggregation"])), "",
         "## Search sweep", "",
         *sweep_table(run_dir / "sweep" / "sweep.csv"), "",
         "## Plots", "",

@@ -49,8 +49,8 @@ import inspect
 
 from hydra.utils import get_class
 
-from prm.io import atomic_write_text, write_json
-from prm.runs import IDENTITY, check_identity, model_fingerprint
+from prm.io import atomic_write_text, read_resumable_jsonl, write_json, write_jsonl
+from prm.runs import check_identity, model_fingerprint
 from prm.scoring.base import Scorer
 from prm.worlds import Task, World, by_difficulty, world_and_tasks
 from search.accounting import Compute, ModelSizes, model_sizes, total
@@ -99,30 +99,13 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def read_results(path: Path, retry_errors: bool) -> dict[str, dict[str, Any]]:
-    """Records by problem id; drops a torn last line and (``retry_errors``) failed problems, in the file too."""
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    records, kept, dropped = {}, [], False
-    for n, line in enumerate(lines, 1):
-        try:
-            if not line.endswith("\n"):
-                raise ValueError("no newline")
-            rec = json.loads(line)
-        except ValueError:
-            if n < len(lines):
-                raise ValueError(f"{path}:{n}: not a JSON record and not the last line (so not a torn "
-                                 f"write): fix or delete the file") from None
-            dropped = True  # a torn last line from a crash
-            continue
-        if retry_errors and rec.get("error"):
-            dropped = True
-            continue
-        records[rec["id"]] = rec
-        kept.append(line)
-    if dropped:
-        atomic_write_text(path, "".join(kept))
-    return records
+    """Records by problem id (``prm.io.read_resumable_jsonl``: a torn last line from a crash is cut
+    off the file); with ``retry_errors`` the records of failed problems are dropped, from the file too."""
+    recs = read_resumable_jsonl(path, repair=True)
+    kept = [r for r in recs if not (retry_errors and r.get("error"))]
+    if len(kept) < len(recs):
+        write_jsonl(path, kept)
+    return {r["id"]: r for r in kept}
 
 
 def check_scorer_config(cfg: DictConfig) -> None:

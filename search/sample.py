@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from prm.data.stepwise import StepwiseExample, read_stepwise
-from prm.io import atomic_write_text, write_json
+from prm.evaluation.metrics import bootstrap_ci
+from prm.io import read_resumable_jsonl, write_json, write_jsonl
 from prm.runs import check_identity, model_fingerprint
 from prm.steps import policy_prompt
 from prm.voting import vote
@@ -48,32 +49,16 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 def done_ids(path: Path, k: int) -> set[str]:
     """Ids of problems whose k samples are all in ``path`` (a crash mid-problem redoes that problem)."""
-    if not path.exists():
-        return set()
     counts: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from a crash
-            counts[rec["id"]] = counts.get(rec["id"], 0) + 1
+    for rec in read_resumable_jsonl(path):
+        counts[rec["id"]] = counts.get(rec["id"], 0) + 1
     return {pid for pid, c in counts.items() if c >= k}
 
 
 def truncate_to_complete(path: Path, keep: set[str]) -> None:
-    """Drop lines of problems not in ``keep`` (partially written before a crash)."""
-    if not path.exists():
-        return
-    lines = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                if json.loads(line)["id"] in keep:
-                    lines.append(line)
-            except json.JSONDecodeError:
-                break
-    atomic_write_text(path, "".join(lines))
+    """Drop lines of problems not in ``keep`` (partially written before a crash) and any torn last line."""
+    if path.exists():
+        write_jsonl(path, [rec for rec in read_resumable_jsonl(path) if rec["id"] in keep])
 
 
 def label_samples(world: World, task: Task, gens: Sequence[Generation], **extra: Any) -> list[StepwiseExample]:
@@ -85,28 +70,44 @@ def label_samples(world: World, task: Task, gens: Sequence[Generation], **extra:
     ]
 
 
+def per_problem_policy(tasks: Sequence[Task], samples: dict[str, list[StepwiseExample]],
+                       greedy: dict[str, StepwiseExample]) -> dict[str, list[float]]:
+    """Per problem (in task order): greedy, sampled accuracy, majority@k, pass@k, likelihood best-of-k."""
+    out: dict[str, list[float]] = {"sampled": [], "majority": [], "pass": [], "likelihood_best": []}
+    if greedy:
+        out["greedy"] = []
+    for t in tasks:
+        ss = samples[t.id]
+        correct = [bool(s.extra["correct"]) for s in ss]
+        out["sampled"].append(sum(correct) / len(correct))
+        out["pass"].append(float(any(correct)))
+        v = vote([s.extra.get("given_answer") for s in ss])
+        out["majority"].append(float(v.index is not None and correct[v.index]))
+        lls = [s.extra.get("logprob") if s.extra.get("logprob") is not None else float("-inf") for s in ss]
+        out["likelihood_best"].append(float(correct[max(range(len(ss)), key=lambda j: lls[j])]))
+        if greedy:
+            out["greedy"].append(float(bool(greedy[t.id].extra["correct"])))
+    return out
+
+
 def policy_metrics(tasks: Sequence[Task], samples: dict[str, list[StepwiseExample]],
                    greedy: dict[str, StepwiseExample]) -> dict[str, dict[str, float]]:
     """Per difficulty and overall: greedy, sampled accuracy, majority@k, pass@k, likelihood best-of-k."""
+    values = per_problem_policy(tasks, samples, greedy)
     out: dict[str, dict[str, float]] = {}
     for group, idx in by_difficulty(tasks).items():
-        rows = {"problems": len(idx), "sampled": 0.0, "majority": 0.0, "pass": 0.0, "likelihood_best": 0.0}
-        if greedy:
-            rows["greedy"] = 0.0
-        for i in idx:
-            t = tasks[i]
-            ss = samples[t.id]
-            correct = [bool(s.extra["correct"]) for s in ss]
-            rows["sampled"] += sum(correct) / len(correct)
-            rows["pass"] += any(correct)
-            v = vote([s.extra.get("given_answer") for s in ss])
-            rows["majority"] += v.index is not None and correct[v.index]
-            lls = [s.extra.get("logprob") if s.extra.get("logprob") is not None else float("-inf") for s in ss]
-            rows["likelihood_best"] += correct[max(range(len(ss)), key=lambda j: lls[j])]
-            if greedy:
-                rows["greedy"] += bool(greedy[t.id].extra["correct"])
-        out[group] = {k: (v if k == "problems" else v / max(1, len(idx))) for k, v in rows.items()}
+        row = {"problems": float(len(idx))}
+        row.update({k: sum(v[i] for i in idx) / max(1, len(idx)) for k, v in values.items()})
+        out[group] = row
     return out
+
+
+def policy_intervals(tasks: Sequence[Task], samples: dict[str, list[StepwiseExample]],
+                     greedy: dict[str, StepwiseExample]) -> dict[str, dict[str, list[float]]]:
+    """95% bootstrap intervals over problems of every ``policy_metrics`` number, per difficulty."""
+    values = per_problem_policy(tasks, samples, greedy)
+    return {group: {k: list(bootstrap_ci([v[i] for i in idx])) for k, v in values.items()}
+            for group, idx in by_difficulty(tasks).items()}
 
 
 def format_metrics(metrics: dict[str, dict[str, float]], k: int) -> str:
@@ -179,6 +180,7 @@ def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
     metrics = policy_metrics(tasks, samples, greedy_by_id)
     summary = {
         "policy": str(cfg.policy), "k": cfg.k, "temperature": cfg.temperature, "problems": len(tasks),
+        "ci95": policy_intervals(tasks, samples, greedy_by_id),
         "split": cfg.get("split") or "test", "removed_overlap": draw.removed_overlap,
         "removed_duplicates": draw.removed_duplicates,
         "metrics": metrics,

@@ -36,7 +36,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from prm.io import atomic_write_text, write_json
+from prm.io import atomic_write_text, read_resumable_jsonl, write_json
+from prm.runs import IDENTITY
 from prm.scoring.base import Scorer
 from search.compute_optimal import ProblemOutcome, compute_optimal, difficulty_bins, format_optimal, mean_over_seeds
 from search.generation.base import Generator
 from search.loop import FINAL_RULES
 from search.run import (
-    CONF_DIR, IDENTITY, RESULTS, SUMMARY, build_search, check_scorer_config, identity, make_generator, make_scorer,
+    CONF_DIR, RESULTS, SUMMARY, build_search, check_scorer_config, identity, make_generator, make_scorer,
 )
 from search.run import run as search_run
 from prm.worlds import world_and_tasks
@@ -252,7 +253,7 @@ def read_cell(cell_dir: Path) -> CellData | None:
     rule = summary.get("final", "prm")
     outcomes: dict[str, ProblemOutcome] = {}
     groups: dict[str, list[ProblemOutcome]] = {}
-    for rec in _read_records(cell_dir / RESULTS):
+    for rec in read_resumable_jsonl(cell_dir / RESULTS):
         if rec.get("error"):  # a failed problem takes no part in accuracy or compute
             continue
         o = ProblemOutcome.from_record(rec, rule)
@@ -260,15 +261,6 @@ def read_cell(cell_dir: Path) -> CellData | None:
         groups.setdefault(str(o.difficulty), []).append(o)
     compute = {g: _per_problem(os) for g, os in groups.items()}
     return CellData(summary, config, outcomes, compute)  # type: ignore[arg-type]
-
-
-def _read_records(path: Path) -> Iterable[dict[str, Any]]:
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):  # a torn last line is not a record
-                yield json.loads(line)
 
 
 def _per_problem(outcomes: Sequence[ProblemOutcome]) -> dict[str, float | None]:

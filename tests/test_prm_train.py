@@ -20,7 +20,6 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from prm.data.arith import ArithConfig, generate_dataset
 from prm.data.errors import DataError
 from prm.data.stepwise import StepwiseExample, write_stepwise
-from prm.steps import StepFormat, load_step_format
 from prm.evaluation.metrics import auroc
 from prm.io import write_jsonl
 from prm.models.loading import ModelLoadError, TinyGPTConfig, build_tiny_gpt, save_model
@@ -37,7 +36,7 @@ from prm.prm_train import (
     split_by_problem,
     step_metrics,
 )
-from prm.steps import StepFormat
+from prm.steps import StepFormat, load_step_format
 from prm.train import load_metrics
 from tests.conftest import PRM800K_SAMPLE
 

@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prm.data.arith import ARITH_FORMAT, ArithConfig, generate_dataset, generate_problems
+from prm.data.arith import ARITH_FORMAT, ArithConfig, generate_dataset
 from prm.data.errors import DataError
 from prm.data.stepwise import write_stepwise
 from prm.io import write_jsonl

@@ -296,3 +296,17 @@ def choose_threshold(
         if f1 > best_f1:
             best_t, best_f1 = float(t), f1
     return best_t
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, level: float = 0.95, n_boot: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over problems (``values``: one number per problem,
+    e.g. 1/0 correctness or an expected accuracy); NaN values are dropped; (nan, nan) with none left."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from prm.evaluation.metrics import bootstrap_ci
 from prm.voting import answer_classes
 
 BUILTIN = ("random", "pass", "majority", "best_of_n", "weighted_majority")
@@ -149,14 +150,16 @@ def per_problem_selection(
 def summarise(
     ns: Sequence[int], values: Mapping[str, np.ndarray], indices: Sequence[int] | None = None
 ) -> dict[str, Any]:
-    """Per method and N: mean over the (selected) problems and its standard error over problems."""
+    """Per method and N: mean over the (selected) problems, its standard error over problems and a 95%
+    bootstrap interval over problems (``ci95``: one [low, high] per N)."""
     rows = np.asarray(indices if indices is not None else range(len(next(iter(values.values())))), dtype=int)
     result: dict[str, Any] = {"ns": list(ns), "problems": int(len(rows)), "methods": {}}
     for method, v in values.items():
         sub = v[rows]
         mean = sub.mean(axis=0) if len(rows) else np.full(len(ns), np.nan)
         se = sub.std(axis=0, ddof=1) / math.sqrt(len(rows)) if len(rows) > 1 else np.full(len(ns), np.nan)
-        result["methods"][method] = {"mean": mean.tolist(), "se": se.tolist()}
+        ci = [list(bootstrap_ci(sub[:, j])) for j in range(len(ns))]
+        result["methods"][method] = {"mean": mean.tolist(), "se": se.tolist(), "ci95": ci}
     return result
 
 

@@ -5,6 +5,12 @@ a cosine/linear/constant schedule, gradient accumulation, clipping and optional 
 on ``accelerate`` (a single process on CPU; ``accelerate launch`` spreads it over GPUs unchanged).
 ``loss_fn(model, batch) -> (loss, metrics)`` is the only thing a caller writes.
 
+The data is a fixed dataset (batched here: length buckets, one order per epoch) or a
+``BatchSource``: a stream that makes each micro-batch from the live model (RL rollouts); its
+state (counters, RNG, a pending rollout batch) is saved in every checkpoint and restored on
+resume. ``evaluate(model) -> metrics`` replaces the loss on ``eval_data`` when given (RL's
+held-out monitor), logged with the ``eval/`` prefix at the same steps.
+
 A run owns one directory::
 
     run_dir/metrics.jsonl              one line per logged step (train and eval metrics together)
@@ -33,7 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from accelerate import Accelerator
@@ -46,6 +52,24 @@ from prm.train.batching import padding_fraction, plan_batches
 Batch = Any
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, Mapping[str, Any]]]
 Callback = Callable[["TrainState", dict[str, float]], None]
+SOURCE_FILE = "batch_source.pt"
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """A stream of training micro-batches made from the live model (e.g. RL rollouts).
+
+    ``next_batch(model, step, micro)`` returns the collated batch (a mapping of tensors) for
+    optimizer step ``step`` (0-based) and micro-batch ``micro`` of its accumulation, on this
+    process; ``state_dict`` / ``load_state_dict`` carry everything needed to continue exactly
+    (checkpointed with the model).
+    """
+
+    def next_batch(self, model: torch.nn.Module, step: int, micro: int) -> Batch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
@@ -301,10 +325,10 @@ def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def train(
     model: torch.nn.Module,
     loss_fn: LossFn,
-    train_data: Sequence[Any],
+    train_data: Sequence[Any] | BatchSource,
     cfg: TrainConfig,
     *,
-    collate: Callable[[list[Any]], Batch],
+    collate: Callable[[list[Any]], Batch] | None = None,
     run_dir: str | Path,
     eval_data: Sequence[Any] | None = None,
     tokenizer: Any = None,
@@ -313,6 +337,8 @@ def train(
     run_config: Mapping[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
     save_final_model: bool = True,
+    evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
+    eval_at_start: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` with ``loss_fn``; resume from ``run_dir`` if it has a checkpoint.
 
@@ -322,12 +348,19 @@ def train(
     ``callbacks(state, metrics)`` run after every optimizer step (after its periodic checkpoint;
     the final checkpoint comes after the last callback). Raising from one stops the run (as a crash
     would: the next run resumes from the last checkpoint).
+    ``evaluate(model)``: metrics logged as ``eval/*`` instead of the loss on ``eval_data``;
+    ``eval_at_start``: also evaluate before the first step of a fresh run (logged at step 0).
     ``run_config`` is recorded by W&B. The final model goes to ``run_dir/model`` with
     ``save_pretrained`` (and ``tokenizer`` beside it) unless ``save_final_model`` is False.
     """
     run_dir = Path(run_dir)
-    if len(train_data) == 0:
+    source = train_data if isinstance(train_data, BatchSource) else None
+    if source is None and len(train_data) == 0:  # type: ignore[arg-type]
         raise ValueError("the training dataset is empty")
+    if source is None and collate is None:
+        raise ValueError("a fixed dataset needs collate")
+    if source is not None and cfg.max_steps is None:
+        raise ValueError("a stream of batches needs max_steps (it has no epochs)")
     accelerator = Accelerator()  # mixed precision is our own autocast below, so any state is fine
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -340,7 +373,7 @@ def train(
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
 
-    lengths = [length_of(ex) for ex in train_data]
+    lengths = [length_of(ex) for ex in train_data] if source is None else []  # type: ignore[union-attr]
 
     def epoch_plan(epoch: int) -> list[list[int]]:
         plan = plan_batches(lengths, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
@@ -349,9 +382,9 @@ def train(
             raise ValueError(f"{len(plan)} batches per epoch cannot feed {world} processes; lower the batch size")
         return plan
 
-    first_plan = epoch_plan(0)
-    micro_per_epoch = len(first_plan) // world
-    if main:
+    first_plan = epoch_plan(0) if source is None else []
+    micro_per_epoch = max(1, len(first_plan) // world)
+    if main and source is None:
         shuffled = plan_batches(lengths, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens, seed=cfg.seed,
                                 strategy="random")
         tqdm.write(f"[train] {len(train_data)} examples, {len(first_plan)} micro-batches per epoch; padding "
@@ -376,6 +409,8 @@ def train(
             accelerator.load_state(str(path))
         saved = json.loads((path / STATE_FILE).read_text())
         state = TrainState(**saved["state"])
+        if source is not None:
+            source.load_state_dict(torch.load(path / f"{SOURCE_FILE}.{rank}", weights_only=False))
         _warn_config_change(saved.get("config", {}), cfg, main)
         resumed_from = state.step
         if main:
@@ -401,8 +436,17 @@ def train(
         if cfg.mixed_precision == "bf16" else contextlib.nullcontext
 
     def run_eval() -> dict[str, float]:
-        """Metrics averaged over eval examples (each batch weighted by its size), on every process's share."""
-        assert eval_data is not None
+        """Metrics averaged over eval examples (each batch weighted by its size), on every process's share;
+        or ``evaluate``'s metrics."""
+        if evaluate is not None:
+            bare = accelerator.unwrap_model(model)
+            was = bare.training
+            bare.eval()
+            try:
+                return {f"eval/{k}": float(v) for k, v in evaluate(bare).items()}
+            finally:
+                bare.train(was)
+        assert eval_data is not None and collate is not None
         bare = accelerator.unwrap_model(model)  # forward only: no DDP collectives, shares may differ
         bare.eval()
         eval_lengths = [length_of(ex) for ex in eval_data]
@@ -432,6 +476,8 @@ def train(
         accelerator.wait_for_everyone()
         with _quiet_accelerate():
             accelerator.save_state(str(tmp), safe_serialization=False)
+        if source is not None:
+            torch.save(source.state_dict(), tmp / f"{SOURCE_FILE}.{rank}")
         accelerator.wait_for_everyone()
         if main:
             write_json(tmp / STATE_FILE, {"state": dataclasses.asdict(state), "config": _jsonable(cfg)})
@@ -460,7 +506,8 @@ def train(
         history.append({"step": state.step, **row})
 
     params = [p for p in model.parameters() if p.requires_grad]
-    data = stream(state.epoch, state.batch_in_epoch)
+    data = stream(state.epoch, state.batch_in_epoch) if source is None else None
+    evaluating = bool(eval_data) or evaluate is not None
     window = _Window()
     last_metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
@@ -471,6 +518,8 @@ def train(
                dynamic_ncols=True)
     last_checkpoint: Path | None = done[-1][1] if done else None
     model.train()
+    if eval_at_start and evaluating and state.step == 0 and resumed_from is None:
+        log_row(run_eval())  # step 0: the starting point of every curve
 
     try:
         while state.step < max_steps:
@@ -479,8 +528,13 @@ def train(
                 stopped_by = "max_time"
                 break
             for micro in range(cfg.grad_accum):
-                epoch, index, idxs = next(data)
-                batch = to_device(collate([train_data[i] for i in idxs]))
+                if source is not None:
+                    epoch, index = 0, state.batch_in_epoch
+                    batch = to_device(source.next_batch(accelerator.unwrap_model(model), state.step, micro))
+                else:
+                    assert data is not None and collate is not None
+                    epoch, index, idxs = next(data)
+                    batch = to_device(collate([train_data[i] for i in idxs]))  # type: ignore[index]
                 sync = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     with autocast():
@@ -505,7 +559,7 @@ def train(
             if state.step % cfg.log_every == 0 or final:
                 row.update(train_row(window))
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if eval_data and ((cfg.eval_every and state.step % cfg.eval_every == 0) or final):
+            if evaluating and ((cfg.eval_every and state.step % cfg.eval_every == 0) or final):
                 row.update(run_eval())
             if row:
                 log_row(row)
@@ -524,7 +578,7 @@ def train(
     if stopped_by != "already_done":
         if window.count:  # the time budget ended between two log lines: log what is pending
             row = train_row(window)
-            if eval_data:
+            if evaluating:
                 row.update(run_eval())
             log_row(row)
         last_checkpoint = save_checkpoint()

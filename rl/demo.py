@@ -10,7 +10,10 @@ Stages (each the same code as its own entry point, run in-process on a composed 
                   and which kinds of first error (systematic, slip, ...) the PRM and the likelihood catch
 6. ``sweep``      greedy, majority, best-of-N, weighted best-of-N, beam and lookahead at budgets up to 64
                   (``prm-sweep``)
-7. ``report.md``  the tables and plots
+7. ``rl_*``       RL from the SFT policy at equal rollouts (``prm-rl``), one stage per entry of
+                  ``stages.rl``: outcome-only GRPO, the PRM alone as the reward (gamed: its reward rises
+                  while true accuracy falls), and a process reward that is not gamed
+8. ``report.md``  the tables and plots
 
 A stage whose config is unchanged is reused (``prm.runs``); an interrupted stage resumes where
 its own entry point does. The world's knobs are the ``data`` group's (``conf/data/arith.yaml``)
@@ -96,7 +99,7 @@ def error_kinds(run_dir: Path, cfg: DictConfig, evals: dict[str, str]) -> dict[s
 def main(cfg: DictConfig) -> None:
     from prm import prm_eval, prm_train
     from rl.report import write_report
-    from rl import sft
+    from rl import grpo, sft
     from search import sample, sweep
 
     if cfg.data.source != "arith":
@@ -132,6 +135,10 @@ def main(cfg: DictConfig) -> None:
     summaries["sweep"] = run_stage("sweep", "sweep", [
         *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.sweep], sweep.run, run_dir,
         after=("sft", "prm"))
+    for name, overrides in (s.get("rl") or {}).items():
+        summaries[name] = run_stage(name, "rl", [
+            *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.rl_common, *overrides], grpo.run,
+            run_dir, after=("sft", "prm"))
     report = write_report(run_dir, summaries, cfg)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s; report: {report}")
 

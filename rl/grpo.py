@@ -17,6 +17,9 @@ Reads top to bottom (``run``):
    PRM's reward side by side;
 6. ``summary.json`` and ``monitor.png`` (PRM reward and true accuracy against step).
 
+With ``rl.prm_refresh.enabled`` the PRM trains further on the policy's own samples every
+``every`` rollout batches (``rl.prm_refresh``; DeepSeekMath's iterative RL), its compute logged.
+
     prm-rl policy=runs/sft/model                                   # outcome GRPO
     prm-rl policy=runs/sft/model reward=prm scorer.model_or_path=runs/prm/model
     prm-rl policy=runs/sft/model reward=prm rl.advantage.process=min   # PURE's min-form credit
@@ -43,6 +46,7 @@ from prm.worlds import make_world
 from prm.train.loop import Callback, TrainConfig, train
 from rl.losses import aggregate, clipped_policy_loss, entropy_from_logits, kl_penalty, token_logprobs
 from rl.monitor import Monitor
+from rl.prm_refresh import PRMRefresh
 from rl.rewards import make_rewards
 from rl.rollouts import AdvantageConfig, RolloutConfig, RolloutSource, metrics_of
 
@@ -153,7 +157,15 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
     rewards = make_rewards(cfg.reward, world=world, scorer=factory)
     print("[rl] rewards: " + ", ".join(f"{rw.name} ({rw.kind}, weight {w:g})" for rw, w in rewards))
     monitor_scorer = factory() if (made or cfg.monitor.prm) and cfg.scorer.get("model_or_path") else None
-    source = RolloutSource(world, train_draw.tasks, tok, rewards, rollout, advantage, ref_model=ref)
+    refresh = None
+    if cfg.rl.prm_refresh.enabled:
+        knobs = {k: v for k, v in OmegaConf.to_container(cfg.rl.prm_refresh, resolve=True).items() if k != "enabled"}  # type: ignore[union-attr]
+        try:
+            refresh = PRMRefresh(factory(), world, **knobs, seed=int(r.seed))
+        except (TypeError, ValueError) as e:
+            raise RLConfigError(str(e)) from e
+        monitor_scorer = refresh.scorer  # the monitor reads the refreshed PRM too
+    source = RolloutSource(world, train_draw.tasks, tok, rewards, rollout, advantage, ref_model=ref, refresh=refresh)
     monitor = Monitor(world, held_out.tasks, tok, monitor_scorer, samples=int(cfg.monitor.samples),
                       temperature=rollout.temperature, max_new_tokens=rollout.max_new_tokens,
                       seed=int(cfg.monitor.seed))

@@ -3,7 +3,8 @@
 Every ``eval_every`` steps (the training loop's ``evaluate``) on the same held-out problems:
 
 - ``greedy_accuracy`` and ``sampled_accuracy`` (``samples`` completions per problem at the
-  rollout temperature), graded by the world;
+  rollout temperature), graded by the world, each with a 95% bootstrap interval over problems
+  (``*_lo``, ``*_hi``);
 - ``process_correct``: the share of sampled solutions whose every step is exactly right, the
   answer step included (worlds with exact labels only);
 - ``prm_reward``: the PRM's mean aggregated score of the sampled solutions, and
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from prm.evaluation.metrics import bootstrap_ci
 from prm.scoring.base import Scorer, aggregate
 from prm.steps import policy_prompt, split_solution
 from prm.worlds import Task, World, label_example
@@ -48,13 +50,15 @@ class Monitor:
             greedy = gen.generate(prompts, n=1, temperature=0.0, max_new_tokens=self.max_new_tokens)
             sampled = gen.generate(prompts, n=self.samples, temperature=self.temperature,
                                    max_new_tokens=self.max_new_tokens, seed=self.seed)
-        out: dict[str, float] = {
-            "greedy_accuracy": _mean(self.world.grade(t, g[0].text) for t, g in zip(self.tasks, greedy)),
-        }
+        greedy_ok = [float(self.world.grade(t, g[0].text)) for t, g in zip(self.tasks, greedy)]
+        out: dict[str, float] = {"greedy_accuracy": _mean(greedy_ok)}
         pairs = [(t, s.text, s.generated_tokens) for t, ss in zip(self.tasks, sampled) for s in ss]
         examples = [label_example(self.world, t, text) for t, text, _ in pairs]
         correct = [bool(ex.extra["correct"]) for ex in examples]
         out["sampled_accuracy"] = _mean(correct)
+        per_problem = [_mean(correct[i * self.samples : (i + 1) * self.samples]) for i in range(len(self.tasks))]
+        for name, values in (("greedy_accuracy", greedy_ok), ("sampled_accuracy", per_problem)):
+            out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_ci(values)  # 95% over problems
         if self.world.exact_labels:
             out["process_correct"] = _mean(bool(ex.extra.get("process_correct")) for ex in examples)
         out["format_rate"] = _mean(split_solution(text, fmt).finished for _, text, _ in pairs)

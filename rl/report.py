@@ -166,6 +166,19 @@ def sweep_table(csv_path: Path) -> list[str]:
     return lines
 
 
+def rl_table(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Per RL stage and monitored step: true held-out accuracy (95% intervals), process correctness, PRM reward."""
+    lines = ["| RL stage | step | greedy accuracy | sampled accuracy | every step right | PRM reward | PRM - true |",
+             "|---|---|---|---|---|---|---|"]
+    for name, summary in stages.items():
+        for m in summary.get("monitor", []):
+            ci = {k: (m.get(f"{k}_lo"), m.get(f"{k}_hi")) for k in ("greedy_accuracy", "sampled_accuracy")}
+            lines.append(f"| {name} | {m.get('step')} | {_ci(m.get('greedy_accuracy'), ci['greedy_accuracy'])} | "
+                         f"{_ci(m.get('sampled_accuracy'), ci['sampled_accuracy'])} | {_f(m.get('process_correct'))} | "
+                         f"{_f(m.get('prm_reward'))} | {_f(m.get('prm_gap'))} |")
+    return lines
+
+
 def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> Path:
     """Write ``run_dir/report.md`` from the stages' summaries; returns its path."""
     sft = summaries["sft"]
@@ -196,6 +209,11 @@ def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> P
         *selection_table(selection_with_intervals(run_dir, "eval_prm", summaries["eval_prm"]["aggregation"])), "",
         "## Search sweep", "",
         *sweep_table(run_dir / "sweep" / "sweep.csv"), "",
+        *(["## RL from the SFT policy (held-out monitor)", "",
+            "Equal rollouts per stage. The PRM's reward next to true accuracy: a PRM being gamed shows its reward "
+            "rising while true accuracy and exact process correctness fall.", "",
+            *rl_table({k: v for k, v in summaries.items() if k.startswith("rl_")}), ""]
+          if any(k.startswith("rl_") for k in summaries) else []),
         "## Plots", "",
         *[f"![{p.stem}]({os.path.relpath(p, run_dir)})" for p in plots], "",
     ]

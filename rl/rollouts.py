@@ -18,7 +18,9 @@ Step rewards sit on each step's last token, found with ``prm.steps.step_end_char
 policy's own sampled tokens (``token_char_ends`` maps every sampled token to the characters it
 decodes to, so BPE tokens that cross a step boundary are handled).
 
-The state (rollout counter, the pending batch) is checkpointed, so a resumed run continues with
+With ``refresh`` (``rl.prm_refresh.PRMRefresh``) the PRM trains further on the policy's own
+rollouts every few batches, before the batch is sampled. The state (rollout counter, the pending
+batch, the refreshed PRM) is checkpointed, so a resumed run continues with
 exactly the rollouts an uninterrupted one draws: the prompts and the sampling seed of rollout
 ``k`` depend only on (seed, k) and the weights at that point.
 """
@@ -37,6 +39,7 @@ from prm.steps import policy_prompt, step_end_chars, step_end_token_indices
 from prm.worlds import Task, World
 from rl.advantages import grpo_advantages, min_form_advantages, process_advantages, rloo_advantages
 from rl.losses import token_logprobs
+from rl.prm_refresh import PRMRefresh
 from rl.rewards import Reward, Rollout
 from search.generation.base import Generation
 from search.generation.hf import HFGenerator
@@ -128,7 +131,8 @@ class RolloutSource:
 
     def __init__(self, world: World, tasks: Sequence[Task], tokenizer: PreTrainedTokenizerBase,
                  rewards: Sequence[tuple[Reward, float]], rollout: RolloutConfig, advantage: AdvantageConfig,
-                 ref_model: PreTrainedModel | None = None, generator_batch_size: int = 512) -> None:
+                 ref_model: PreTrainedModel | None = None, generator_batch_size: int = 512,
+                 refresh: PRMRefresh | None = None) -> None:
         if not tasks:
             raise ValueError("no training problems for RL")
         if not rewards:
@@ -138,6 +142,7 @@ class RolloutSource:
         self.world, self.tasks, self.tokenizer = world, list(tasks), tokenizer
         self.rewards, self.cfg, self.adv = list(rewards), rollout, advantage
         self.ref_model = ref_model
+        self.refresh = refresh
         self.generator_batch_size = generator_batch_size
         self.rollouts_done = 0
         self.batch: dict[str, Any] | None = None
@@ -152,11 +157,14 @@ class RolloutSource:
         return self.batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rollouts_done": self.rollouts_done, "batch": self.batch}
+        return {"rollouts_done": self.rollouts_done, "batch": self.batch,
+                "refresh": self.refresh.state_dict() if self.refresh is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rollouts_done = int(state["rollouts_done"])
         self.batch = state.get("batch")
+        if self.refresh is not None and state.get("refresh") is not None:
+            self.refresh.load_state_dict(state["refresh"])
 
     # -- one rollout batch ---------------------------------------------------------------------
     def prompts_for(self, k: int) -> list[Task]:
@@ -173,6 +181,9 @@ class RolloutSource:
     def make_batch(self, model: PreTrainedModel) -> dict[str, Any]:
         """Sample, grade and score one rollout batch (tensors on CPU; the loop moves them)."""
         k, cfg, fmt = self.rollouts_done, self.cfg, self.world.fmt
+        metrics: dict[str, float] = {}
+        if self.refresh is not None and self.refresh.due(k):  # before sampling: part of the seeded sequence
+            metrics.update(self.refresh.refresh())
         tasks = self.prompts_for(k)
         gen = self.generator(model)
         prompts = [policy_prompt(t.prompt, fmt) for t in tasks]
@@ -181,8 +192,9 @@ class RolloutSource:
         prompt_ids = gen.encode(prompts)
         flat = [(t, p_ids, g) for t, p_ids, gs in zip(tasks, prompt_ids, samples) for g in gs]
         rollouts = [Rollout(task=t, completion=g.text, fmt=fmt) for t, _, g in flat]
-        metrics: dict[str, float] = {}
         outcome, process, w_out, w_proc = self._grade(rollouts, metrics)
+        if self.refresh is not None:
+            self.refresh.add(rollouts)
 
         n = len(flat)
         lengths = [len(g.token_ids or []) for _, _, g in flat]

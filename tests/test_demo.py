@@ -13,11 +13,13 @@ from conftest import REPO
 TINY = [
     "stages.sft=['data.n_problems=300','train.max_steps=30','train.max_time_s=null','model.n_layer=1',"
     "'model.n_embd=32','model.n_head=2','eval_problems=10','train.eval_every=0','train.save_every=0']",
-    "stages.prm_data=['n_problems=12','k=2','greedy=false','problem_seed=2000']",
+    "stages.prm_data=['split=train','n_problems=12','k=2','greedy=false','problem_seed=2000']",
     "stages.test=['n_problems=8','k=4','problem_seed=1000']",
     "stages.prm=['train.max_steps=10','train.max_time_s=null','train.eval_every=0','train.save_every=0']",
     "stages.sweep=['n_problems=4','sweep.max_n=4','problems_per_call=4','sweep.strategies.dvts.m=2',"
     "'sweep.strategies.beam.m=2']",
+    "stages.rl_common=['train.max_steps=2','train.eval_every=2','train.save_every=0','monitor.n_problems=4',"
+    "'monitor.samples=2','rl.prompts_per_step=2','rl.group_size=2','rl.n_train_problems=20','train.progress=false']",
 ]
 
 
@@ -33,18 +35,20 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-3000:]
     report = (run / "report.md").read_text()
     for section in ("## Policy", "## PRM", "## Search sweep", "| majority@4 |", "within-problem AUROC",
-                    "| policy likelihood |", "### What each scorer catches", "| (right steps) |"):
+                    "| policy likelihood |", "### What each scorer catches", "| (right steps) |",
+                    "## RL from the SFT policy", "| rl_prm_only | 2 |", "oracle (exact labels) (min, N=4)"):
         assert section in report
     assert (run / "sweep" / "sweep.csv").exists() and (run / "prm" / "model" / "config.json").exists()
     second = _demo(run)
     assert second.returncode == 0, second.stderr[-3000:]
-    for stage in ("sft", "prm_data", "test", "prm", "eval_prm", "eval_oracle", "eval_likelihood", "sweep"):
+    for stage in ("sft", "prm_data", "test", "prm", "eval_prm", "eval_oracle", "eval_likelihood", "sweep",
+                  "rl_outcome", "rl_prm_only", "rl_prm_min"):
         assert f"[demo] {stage}: reusing" in second.stdout
     # a retrained PRM (same path, new config) re-runs what reads it, moves the old run aside, reuses the rest
     third = _demo(run, tiny=[t.replace("train.max_steps=10", "train.max_steps=11") for t in TINY])
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"[demo] prm: its config changed; the previous run was moved to {run / 'prm.old-1'}" in third.stdout
-    for stage in ("prm", "eval_prm", "sweep"):
+    for stage in ("prm", "eval_prm", "sweep", "rl_prm_only"):
         assert f"[demo] {stage}: running" in third.stdout, stage
     for stage in ("sft", "prm_data", "test", "eval_oracle", "eval_likelihood"):
         assert f"[demo] {stage}: reusing" in third.stdout, stage

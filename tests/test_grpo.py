@@ -136,3 +136,73 @@ def test_rl_bad_input_is_a_clear_error(tmp_path: Path, tiny_policy: Path) -> Non
         run(_cfg(tmp_path / "b", tiny_policy, "+reward.prm={_target_: rl.rewards.ProcessReward, weight: 0.2}"))
     with pytest.raises(RLConfigError, match="ppo_epochs"):
         run(_cfg(tmp_path / "c", tiny_policy, "rl.ppo_epochs=0"))
+
+
+@pytest.fixture(scope="module")
+def tiny_prm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from prm.models.prm_model import build_prm, save_prm
+    from prm.steps import save_step_format
+    from prm.data.arith import ARITH_FORMAT
+
+    model, tok = build_prm(size=TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128), seed=0)
+    d = save_prm(model, tok, tmp_path_factory.mktemp("prm") / "model")
+    save_step_format(d, ARITH_FORMAT)
+    return d
+
+
+def test_prm_refresh_learns_the_policys_samples_and_round_trips(tiny_prm: Path) -> None:
+    from prm.scoring.prm_scorer import PRMScorer
+    from prm.worlds import make_world
+    from rl.prm_refresh import PRMRefresh
+    from rl.rewards import Rollout
+
+    world = make_world({"source": "arith"})
+    task = world.task("Q: 7+5*3-4")
+    texts = ["7+5=2\n2*3=6\n6-4=2\n# Answer: 2", "7+5=3\n3*3=9\n# Answer: 9", "7+5=2\n# Answer: 2"] * 4
+    rollouts = [Rollout(task, t, world.fmt) for t in texts]
+    scorer = PRMScorer(str(tiny_prm))
+    refresh = PRMRefresh(scorer, world, every=1, steps=30, batch_size=6, lr=3e-3, seed=0)
+    state0 = refresh.state_dict()
+    refresh.add(rollouts)
+    assert len(refresh.buffer) == 12 and refresh.due(1) and not refresh.due(0)
+    stats = refresh.refresh()
+    assert stats["refresh/loss_last"] < stats["refresh/loss_first"] and stats["refresh/prm_tokens"] > 0
+    after = scorer.score([task.prompt], [[r.steps for r in rollouts[:3]]])[0]
+    labels = [world.step_labels(task, r.steps) for r in rollouts[:3]]
+    assert after[1][0] < after[0][0] and after[2][-1] < after[0][-1]  # learned: a wrong step, a premature answer
+    assert labels[1][0] == 0.0 and labels[2][-1] == 0.0
+    saved = refresh.state_dict()
+    refresh.load_state_dict(state0)  # the weights go back exactly
+    assert scorer.score([task.prompt], [[rollouts[0].steps]])[0][0] != after[0]
+    refresh.load_state_dict(saved)
+    assert scorer.score([task.prompt], [[rollouts[0].steps]])[0][0] == pytest.approx(after[0])
+    with pytest.raises(ValueError, match="no exact labels"):
+        PRMRefresh(scorer, make_world({"source": "problems"}, problems=_problem_file()))
+
+
+def _problem_file() -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "p.jsonl"
+    path.write_text('{"problem": "What is 2+2?", "answer": "4"}\n')
+    return path
+
+
+def test_rl_with_a_refreshed_prm_resumes_exactly(tmp_path: Path, tiny_policy: Path, tiny_prm: Path) -> None:
+    extra = ("reward=prm", f"scorer.model_or_path={tiny_prm}", "rl.prm_refresh.enabled=true", "rl.prm_refresh.every=1",
+             "rl.prm_refresh.steps=2", "rl.prm_refresh.batch_size=4", "~reward.digits")
+    full = run(_cfg(tmp_path / "full", tiny_policy, *extra))
+    assert "prm_reward" in full["monitor"][-1]
+
+    def crash_at_3(state, row):  # type: ignore[no-untyped-def]
+        if state.step == 3:
+            raise Crash
+
+    cfg = _cfg(tmp_path / "resumed", tiny_policy, *extra)
+    with pytest.raises(Crash):
+        run(cfg, callbacks=[crash_at_3])
+    resumed = run(cfg)
+    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["monitor"][-1] == full["monitor"][-1]  # the refreshed PRM's reward included

@@ -96,3 +96,15 @@ def read_resumable_jsonl(path: str | Path, *, repair: bool = False) -> list[dict
                 f.seek(end)
                 f.write(b"\n")
     return records
+
+
+def plain_mapping(config: Any) -> dict[str, Any]:
+    """A config node (an OmegaConf ``DictConfig``, resolved) or any mapping as a plain ``dict``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        out = OmegaConf.to_container(config, resolve=True)
+        if not isinstance(out, dict):
+            raise TypeError(f"expected a mapping config, got {type(out).__name__}")
+        return out  # type: ignore[return-value]
+    return dict(config)

@@ -44,6 +44,7 @@ from functools import cached_property
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from prm.grading import grade_answer
+from prm.io import plain_mapping
 from prm.scoring.base import Scorer, aggregate, check_aggregation
 from prm.steps import (
     ANSWER_CLOSE,
@@ -436,19 +437,6 @@ def _grader_class(entry: str, target: Any) -> type:
     raise ValueError(f"reward {entry!r}: unknown grader {target!r}; known graders: {_known()}")
 
 
-def _plain(configs: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(configs, DictConfig):
-            out = OmegaConf.to_container(configs, resolve=True)
-            assert isinstance(out, dict)
-            return out
-    except ImportError:  # pragma: no cover - omegaconf is a core dependency
-        pass
-    return dict(configs)
-
-
 def make_rewards(configs: Mapping[str, Any], *, world: World | None = None,
                  scorer: Scorer | Callable[[], Scorer] | None = None) -> list[tuple[Reward, float]]:
     """The graders of a ``reward`` config and their weights, in config order.
@@ -462,7 +450,7 @@ def make_rewards(configs: Mapping[str, Any], *, world: World | None = None,
     (unless the entry sets them); ``scorer`` may be a zero-argument factory, called once, only
     if a grader needs it (so no PRM is loaded for outcome-only RL).
     """
-    entries = _plain(configs)
+    entries = plain_mapping(configs)
     built: list[Any] = []  # the scorer (built once by a factory)
 
     def injected(key: str, entry: str, cls: type) -> Any:

@@ -13,23 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from prm.data.arith import ARITH_FORMAT, ArithConfig
+from prm.io import plain_mapping
 from prm.steps import PLAIN, TAGGED, StepFormat
 from prm.worlds.arith import ArithWorld
-from prm.worlds.base import SPLITS, ProblemDraw, Task, World, by_difficulty, heldout, label_example
+from prm.worlds.base import (
+    SPLITS,
+    ProblemDraw,
+    Task,
+    World,
+    by_difficulty,
+    heldout,
+    label_example,
+)
 from prm.worlds.files import FileWorld
-
-
-def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(data, DictConfig):
-            out = OmegaConf.to_container(data, resolve=True)
-            assert isinstance(out, dict)
-            return out
-    except ImportError:  # pragma: no cover - omegaconf is a core dependency
-        pass
-    return dict(data)
 
 
 def world_format(data: Mapping[str, Any]) -> StepFormat:
@@ -45,7 +41,7 @@ def world_format(data: Mapping[str, Any]) -> StepFormat:
 
 def make_world(data: Mapping[str, Any], problems: str | Path | None = None) -> World:
     """The world a ``data`` config (and an optional problem file, ``problems=path``) describes."""
-    d = _plain(data)
+    d = plain_mapping(data)
     fmt = world_format(d)
     if d.get("source") == "arith":
         try:

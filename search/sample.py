@@ -9,6 +9,12 @@ Writes, in ``run_dir``:
 - ``greedy.jsonl``: the greedy (temperature 0) solution of each problem, when ``greedy`` is on.
 - ``summary.json``: by difficulty and overall, greedy accuracy, sampled accuracy, majority@k,
   pass@k and best-of-k by the policy's own likelihood, with the generation compute spent.
+
+``labeller``: ``exact`` (default) labels each step with the world's exact labels (none for problem
+files); ``mc`` with Monte-Carlo rollouts by the same policy (``search/mc_labels.py``, knobs in
+``mc``): ``labels`` are the hard or soft MC labels, the exact ones move to ``exact_labels``, and
+the summary reports the MC compute (policy tokens per label) and, with exact labels, the label
+quality against k. The greedy solutions keep exact labels (they only measure the policy).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from prm.steps import policy_prompt
 from prm.voting import vote
 from prm.worlds import Task, World, by_difficulty, label_example, world_and_tasks
 from search.generation.base import Generation, Generator
+from search.mc_labels import MCSettings, format_quality, label_quality, mc_compute, mc_label
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -41,10 +48,25 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     problems, the sampling settings, the generator and the policy's contents."""
     keys = ("problems", "split", "n_problems", "problem_seed", "k", "temperature", "top_p", "max_new_tokens",
             "greedy", "prompts_per_call", "seed")
-    return {**{k: cfg.get(k) for k in keys}, "data": OmegaConf.to_container(cfg.data, resolve=True),
-            "generator": {k: v for k, v in OmegaConf.to_container(cfg.generator, resolve=True).items()  # type: ignore[union-attr]
-                          if k != "model_or_path"},
-            "policy": str(cfg.policy), "policy_fingerprint": model_fingerprint(cfg.policy)}
+    ident = {**{k: cfg.get(k) for k in keys}, "data": OmegaConf.to_container(cfg.data, resolve=True),
+             "generator": {k: v for k, v in OmegaConf.to_container(cfg.generator, resolve=True).items()  # type: ignore[union-attr]
+                           if k != "model_or_path"},
+             "policy": str(cfg.policy), "policy_fingerprint": model_fingerprint(cfg.policy)}
+    mc = mc_settings(cfg)
+    if mc is not None:  # exact-label runs keep the identity they always had
+        ident.update(labeller="mc", mc=vars(mc))
+    return ident
+
+
+def mc_settings(cfg: DictConfig) -> MCSettings | None:
+    """The Monte-Carlo labeller's settings (``labeller=mc``), or None for exact labels."""
+    labeller = cfg.get("labeller") or "exact"
+    if labeller not in ("exact", "mc"):
+        raise ValueError(f"labeller must be exact or mc (got {labeller!r})")
+    if labeller == "exact":
+        return None
+    knobs = OmegaConf.to_container(cfg.mc, resolve=True) if cfg.get("mc") else {}
+    return MCSettings.from_config(knobs)  # type: ignore[arg-type]
 
 
 def done_ids(path: Path, k: int) -> set[str]:
@@ -145,10 +167,12 @@ def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
         truncate_to_complete(greedy_path, done)
     truncate_to_complete(samples_path, done)
     todo = [t for t in tasks if t.id not in done]
+    mc = mc_settings(cfg)
     if done:
         print(f"[sample] resuming: {len(done)} problems done, {len(todo)} to go")
     generator = generator or instantiate(cfg.generator, model_or_path=cfg.policy)
     before = (generator.stats.generated_tokens, generator.stats.prompt_tokens)
+    mc_spent = [0, 0]  # generated, prompt tokens of MC labelling in this run
     start = time.perf_counter()
     chunk = cfg.prompts_per_call
     with tqdm(total=len(todo), desc="sampling", unit="problem", disable=not cfg.progress) as bar:
@@ -163,12 +187,18 @@ def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
                                       max_new_tokens=cfg.max_new_tokens, seed=seed)
             greedy = (generator.generate(prompts, n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens)
                       if cfg.greedy else None)
+            labelled = [label_samples(world, t, gens[i]) for i, t in enumerate(part)]
+            if mc is not None:  # the whole chunk, done problems included: a resumed run makes the same calls
+                mc_before = (generator.stats.generated_tokens, generator.stats.prompt_tokens)
+                labelled = mc_label(world, generator, part, labelled, mc, seed=cfg.seed, chunk=c)
+                mc_spent[0] += generator.stats.generated_tokens - mc_before[0]
+                mc_spent[1] += generator.stats.prompt_tokens - mc_before[1]
             for i, t in enumerate(part):
                 if t.id in done:
                     continue
                 if greedy is not None:
                     append_jsonl(greedy_path, label_samples(world, t, greedy[i], greedy=True))
-                append_jsonl(samples_path, label_samples(world, t, gens[i]))
+                append_jsonl(samples_path, labelled[i])
                 bar.update(1)
     elapsed = time.perf_counter() - start
     generated = generator.stats.generated_tokens - before[0]
@@ -188,11 +218,29 @@ def run(cfg: DictConfig, generator: Generator | None = None) -> dict[str, Any]:
                      "generated_tokens": generated, "prompt_tokens": prompt_tokens,
                      "generated_tokens_per_s": generated / elapsed if elapsed > 0 else 0.0},
     }
+    if mc is not None:
+        summary["this_run"].update(mc_generated_tokens=mc_spent[0], mc_prompt_tokens=mc_spent[1])
+        summary["mc"] = mc_summary([ex for t in tasks for ex in samples[t.id]], mc, world.exact_labels)
     write_json(run_dir / "summary.json", summary)
     print(format_metrics(metrics, cfg.k))
+    if mc is not None:
+        cost = summary["mc"]["compute"]
+        print(f"[sample] MC labels (k={mc.k}, {mc.label}): {cost['policy_tokens']} policy tokens, "
+              f"{cost['tokens_per_label']:.1f} per label ({cost['tokens_per_rollout_label']:.1f} per rolled-out label)")
+        if "quality" in summary["mc"]:
+            print(format_quality(summary["mc"]["quality"]))
     print(f"[sample] {samples_path} ({sum(len(v) for v in samples.values())} labelled samples); "
           f"summary in {run_dir / 'summary.json'}")
     return summary
+
+
+def mc_summary(examples: Sequence[StepwiseExample], mc: MCSettings, exact: bool) -> dict[str, Any]:
+    """The MC labels' settings and compute over every sample on file, and, where the world has exact
+    labels, their quality against k (``search.mc_labels.label_quality``)."""
+    out: dict[str, Any] = {**vars(mc), "compute": mc_compute(examples)}
+    if exact and examples:
+        out["quality"] = label_quality(examples)
+    return out
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="sample")

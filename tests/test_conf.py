@@ -1,16 +1,22 @@
-"""Every config file under conf/ composes (recursively), each group option through a primary config."""
+"""Every config file under conf/ composes (recursively), each group option through a primary config; every primary
+config belongs to a console entry point, writes one run directory and logs nowhere by default.
+(Experiment files, ``conf/experiment/``, are composed with their own primary config by ``test_experiments.py``.)"""
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
 PRIMARIES = sorted(p.stem for p in CONF.glob("*.yaml"))
-GROUP_FILES = sorted(p.relative_to(CONF) for p in CONF.rglob("*.yaml") if p.parent != CONF)
+GROUP_FILES = sorted(p.relative_to(CONF) for p in CONF.rglob("*.yaml")
+                     if p.parent != CONF and p.relative_to(CONF).parts[0] != "experiment")
 
 # Values a user must supply (``???``) get a placeholder so the rest of the file is checked too.
 REQUIRED_PLACEHOLDERS = {"data.path": "/tmp/data.jsonl", "model.path": "/tmp/model"}
@@ -34,16 +40,42 @@ def _primary_with_group(group: str) -> tuple[str, bool]:
     return PRIMARIES[0], False
 
 
-def test_there_are_configs() -> None:
-    assert PRIMARIES and GROUP_FILES
+def entry_point_configs() -> dict[str, str]:
+    """Console entry point -> the ``config_name`` of its ``@hydra.main`` (entry points that are no Hydra app: left
+    out)."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    out = {}
+    for name, target in scripts.items():
+        module = target.split(":")[0]
+        source = (REPO / (module.replace(".", "/") + ".py")).read_text()
+        found = re.search(r"@hydra\.main\([^)]*config_name=\"(\w+)\"", source)
+        if found:
+            out[name] = found.group(1)
+    return out
+
+
+def test_every_primary_config_is_an_entry_points_and_every_entry_point_has_its_config() -> None:
+    configs = entry_point_configs()
+    assert {"prm-train", "prm-eval", "prm-search", "prm-sweep", "prm-demo"} <= set(configs)
+    assert set(configs.values()) == set(PRIMARIES), (
+        f"entry points without a config: {sorted(set(configs.values()) - set(PRIMARIES))}; "
+        f"configs no entry point reads: {sorted(set(PRIMARIES) - set(configs.values()))}")
 
 
 @pytest.mark.parametrize("primary", PRIMARIES)
-def test_primary_config_composes(primary: str) -> None:
+def test_primary_config_composes_to_one_run_directory_and_no_logger(primary: str) -> None:
+    """DESIGN 4: every run writes one directory (``run_dir``: Hydra's own files go under it, in ``hydra/``, and the
+    working directory stays where the user launched); Weights & Biases is off unless asked for."""
     extra = _overrides_for_missing([], primary)
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name=primary, overrides=extra)
-    OmegaConf.resolve(cfg)
+        cfg = compose(config_name=primary, overrides=extra, return_hydra_config=True)
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
+    plain.pop("hydra")
+    OmegaConf.resolve(OmegaConf.create(plain))  # every interpolation resolves
+    assert cfg.run_dir and cfg.hydra.run.dir == cfg.run_dir
+    assert cfg.hydra.output_subdir == "hydra" and cfg.hydra.job.chdir is False
+    assert cfg.logger.name == "none"
 
 
 @pytest.mark.parametrize("rel", GROUP_FILES, ids=str)

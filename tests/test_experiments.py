@@ -9,18 +9,22 @@ console entry point would (its primary config, the command's overrides; a multir
 - every key the experiment sets exists in what it changes (a typo is an error, not a new key): plain keys in the
   primary config and its groups, knobs of a ``_target_`` in its signature, ``train`` in ``TrainConfig``, ``search`` in
   its strategy (``build_search``: also N divisible by M), ``sweep`` in ``plan_cells``;
-- every ``_target_`` is built when that needs no model (``hydra.utils.instantiate``), else its class resolves
-  (``hydra.utils.get_class``: generators and scorers that load a model);
-- a multirun writes each job to its own cell directory ``<dir>/cells/<strategy>-N<n>-s<seed>`` that a second launch
-  command (``prm-sweep sweep.mode=collect run_dir=<dir>``) collects, with Hydra's own job directory named alike.
+- every ``_target_`` is built when that needs no model (``hydra.utils.instantiate``; prm-rl's graders with
+  ``rl.rewards.make_rewards``), else its class resolves (``hydra.utils.get_class``: generators and scorers that load
+  a model);
+- each job of a multirun writes its own ``run_dir``, Hydra's job directory named alike; a ``prm-search`` multirun
+  writes cells ``<dir>/cells/<strategy>-N<n>-s<seed>`` that a second launch command
+  (``prm-sweep sweep.mode=collect run_dir=<dir>``) collects;
+- a model or data path from outside the project (an absolute path in the launch command) is required: without it the
+  launch fails at once, never running on a default.
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
+import re
 import shlex
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,18 +36,20 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from test_conf import entry_point_configs  # the tests' own helper: console entry point -> primary config
+
 from prm.data.prm800k import PRM800KOptions
+from prm.scoring.baselines import RandomScorer
 from prm.train.loop import TrainConfig
+from prm.worlds import make_world
+from rl.rewards import make_rewards
 from search.run import build_search
 from search.sweep import CELL_NAME, CELLS, plan_cells
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 EXPERIMENTS = sorted((CONF / "experiment").glob("*.yaml"))
-SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-# console entry point -> its primary config (the config_name of its @hydra.main)
-PRIMARY = {"prm-sft": "sft", "prm-sample": "sample", "prm-train": "prm_train", "prm-eval": "prm_eval",
-           "prm-search": "search", "prm-sweep": "sweep", "prm-demo": "demo"}
+PRIMARY = entry_point_configs()  # console entry point -> its primary config (the config_name of its @hydra.main)
 MODEL_KEYS = ("model_or_path", "model_path")  # a _target_ with one of these loads a model: resolve it only
 NEW_KEYS = {"sweep_dir"}  # plain keys an experiment may add (read by its own interpolations)
 
@@ -83,8 +89,8 @@ def test_the_header_says_how_to_launch_it_and_what_it_needs(path: Path) -> None:
     commands = launch_commands(path)
     assert commands, f"{path.name}: no '# Launch: <command>' line"
     first = commands[0]
-    assert first[0] in PRIMARY and first[0] in SCRIPTS, f"{path.name}: {first[0]} is not a Hydra entry point"
-    assert f"+experiment={path.stem}" in first, f"{path.name}: its launch command must name it (+experiment={path.stem})"
+    assert first[0] in PRIMARY, f"{path.name}: {first[0]} is not a Hydra entry point"
+    assert f"+experiment={path.stem}" in first, f"{path.name}: its launch command must say +experiment={path.stem}"
     assert any(line.startswith("Needs:") for line in lines), f"{path.name}: no '# Needs:' line"
 
 
@@ -150,10 +156,11 @@ def _keys(node: Any, where: str = "") -> set[str]:
     return {k for key in node for k in _keys(node._get_node(key), f"{where}.{key}" if where else str(key))} or {where}
 
 
-def _check_targets(cfg: DictConfig) -> list[str]:
-    """Build (or, with a model to load, resolve) every ``_target_``; returns what was built."""
-    built = []
+def _check_targets(cfg: DictConfig) -> None:
+    """Build (or, with a model to load, resolve) every ``_target_`` but the rewards (``_check_entry_point``)."""
     for where, node in _targets(cfg):
+        if where.startswith("reward."):
+            continue
         cls = get_class(node._target_)
         params = inspect.signature(cls).parameters
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -162,20 +169,30 @@ def _check_targets(cfg: DictConfig) -> list[str]:
         if any(k in node for k in MODEL_KEYS):
             continue
         assert isinstance(instantiate(node, _convert_="all"), cls)
-        built.append(where)
-    return built
 
 
 def _check_entry_point(primary: str, cfg: DictConfig) -> None:
     """What each entry point validates before it loads a model."""
     if "train" in cfg:
         TrainConfig.from_dict(OmegaConf.to_container(cfg.train, resolve=True))  # type: ignore[arg-type]
-    if primary in ("search",):
+    if primary == "search":
         build_search(cfg.search, seed=int(cfg.seed))
     if primary == "sweep" and cfg.sweep.mode == "run":
         assert plan_cells(OmegaConf.to_container(cfg.sweep, resolve=True))  # type: ignore[arg-type]
     if cfg.data.get("source") == "prm800k":
         PRM800KOptions(neutral=cfg.data.neutral, include_alternatives=bool(cfg.data.include_alternatives))
+    if "reward" in cfg:  # prm-rl's graders (rl.rewards.make_rewards), a random scorer standing in for the PRM
+        world = make_world(cfg.data) if cfg.data.get("source") == "arith" else None
+        assert make_rewards(cfg.reward, world=world, scorer=RandomScorer())
+
+
+@pytest.fixture(autouse=True)
+def no_path_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment variables experiments read paths from (``${oc.env:NAME}``) are unset: the launch command
+    alone must supply them."""
+    for path in EXPERIMENTS:
+        for name in re.findall(r"\$\{oc\.env:(\w+)\}", path.read_text()):
+            monkeypatch.delenv(name, raising=False)
 
 
 def _experiment_commands() -> list[tuple[str, list[str]]]:
@@ -186,17 +203,18 @@ def _experiment_commands() -> list[tuple[str, list[str]]]:
 def test_the_launch_command_composes_and_builds_what_needs_no_model(name: str, command: list[str]) -> None:
     primary = PRIMARY[command[0]]
     grid = list(jobs(command))
-    run_dirs = []
+    run_dirs, seen = [], set()
     for overrides in grid:
         cfg = _compose(primary, overrides)
         plain = _without_hydra(cfg)
         assert not OmegaConf.missing_keys(plain), f"{name}: the launch command leaves {OmegaConf.missing_keys(plain)}"
         OmegaConf.to_container(plain, resolve=True)  # every interpolation resolves
-        base = _compose(primary, [o for o in overrides if _key(o) != "experiment"]
-                        + [f"{g}={c}" for g, c in cfg.hydra.runtime.choices.items()
-                           if g != "experiment" and c is not None])
-        added = _keys(plain) - _keys(_without_hydra(base)) - NEW_KEYS
-        assert not added, f"{name} sets keys its configs do not have (a typo?): {sorted(added)}"
+        choices = tuple(f"{g}={c}" for g, c in cfg.hydra.runtime.choices.items() if g != "experiment" and c is not None)
+        if choices not in seen:  # the same config without the experiment (once per combination of group options)
+            seen.add(choices)
+            base = _compose(primary, [o for o in overrides if _key(o) != "experiment"] + list(choices))
+            added = _keys(plain) - _keys(_without_hydra(base)) - NEW_KEYS
+            assert not added, f"{name} sets keys its configs do not have (a typo?): {sorted(added)}"
         _check_entry_point(primary, plain)
         _check_targets(plain)
         plugins = {k: OmegaConf.to_container(cfg.hydra[k], resolve=True) for k in ("launcher", "sweeper")}
@@ -205,20 +223,47 @@ def test_the_launch_command_composes_and_builds_what_needs_no_model(name: str, c
         run_dirs.append(Path(cfg.run_dir))
         if len(grid) > 1:
             subdir = OmegaConf.select(cfg, "hydra.sweep.subdir")
-            assert subdir == run_dirs[-1].name, f"{name}: Hydra's job directory {subdir} is not named as its cell"
-    if len(grid) > 1:  # a multirun: one cell directory per job, all under one cells/ directory
-        assert len(set(run_dirs)) == len(grid), f"{name}: jobs share a run_dir"
+            assert subdir == run_dirs[-1].name, f"{name}: Hydra's job directory {subdir} is not named as its run_dir"
+    assert len(set(run_dirs)) == len(grid), f"{name}: jobs of its multirun share a run_dir"
+    if len(grid) > 1 and primary == "search":  # prm-search cells, all under one cells/ directory, named as prm-sweep's
         assert {d.parent.name for d in run_dirs} == {CELLS} and len({d.parent for d in run_dirs}) == 1
         assert all(CELL_NAME.match(d.name) for d in run_dirs), [d.name for d in run_dirs]
 
 
-@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if any("-m" in c for c in launch_commands(p))],
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS
+                                  if any(c[0] == "prm-search" and "-m" in c for c in launch_commands(p))],
                          ids=lambda p: p.stem)
-def test_a_multirun_names_the_command_that_collects_its_cells(path: Path) -> None:
+def test_a_prm_search_multirun_names_the_command_that_collects_its_cells(path: Path) -> None:
     commands = launch_commands(path)
-    run_cmd = next(c for c in commands if "-m" in c)
+    run_cmd = next(c for c in commands if c[0] == "prm-search" and "-m" in c)
     collect = [c for c in commands if c[0] == "prm-sweep" and "sweep.mode=collect" in c]
     assert collect, f"{path.name}: no 'prm-sweep sweep.mode=collect run_dir=...' line"
     sweep_cfg = _compose("sweep", collect[0][1:])
     cell_dir = Path(_compose(PRIMARY[run_cmd[0]], next(jobs(run_cmd))).run_dir)
     assert cell_dir.parent == Path(sweep_cfg.run_dir) / CELLS
+
+
+def _external_paths(command: list[str]) -> list[str]:
+    """The overrides of a launch command that give a model or data path outside the project (an absolute path)."""
+    return [o for o in command[1:] if "=/" in o]
+
+
+@pytest.mark.parametrize("name,command", [(n, c) for n, c in _experiment_commands() if _external_paths(c)],
+                         ids=lambda x: x if isinstance(x, str) else None)
+def test_without_its_paths_the_launch_fails_before_anything_runs(name: str, command: list[str]) -> None:
+    """The model and data paths an experiment needs from outside the project are required (``???`` from a group, or
+    ``${oc.env:NAME}``: a ``???`` merged from an experiment file does not replace a primary config's default), never a
+    silent default such as a tiny model of the arithmetic world."""
+    paths = _external_paths(command)
+    cfg = _without_hydra(_compose(PRIMARY[command[0]], [o for o in next(jobs(command)) if o not in paths]))
+    for override in paths:
+        key = _key(override)
+        assert _unresolvable(cfg, key), f"{name}: {key} has a default"
+
+
+def _unresolvable(cfg: DictConfig, key: str) -> bool:
+    try:
+        OmegaConf.select(cfg, key, throw_on_missing=True, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - a missing value or any resolution failure (an unset variable) counts
+        return True
+    return False

@@ -355,7 +355,8 @@ def test_the_slurm_launcher_config_matches_the_plugin() -> None:
 
 # --------------------------------------------------------------------------------- the notebook
 def test_the_analysis_notebook_runs_on_a_sweep(full_sweep: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """nbformat/nbclient are not installed: the code cells run in order in one namespace, as a kernel would."""
+    """Fast check in this process: the code cells run in order in one namespace (tests/test_notebooks.py runs them
+    in a real kernel, slow)."""
     nb = json.loads(NOTEBOOK.read_text())
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(not c["outputs"] for c in nb["cells"] if c["cell_type"] == "code")  # saved without outputs

@@ -1,10 +1,11 @@
 """The one expand -> score -> select loop of test-time search; every strategy plugs into it.
 
-State, per problem: the candidates of the current round. A ``Candidate`` is a partial (or
-finished) solution: the scorer's ``Prefix`` handle (steps so far and their PRM scores, plus the
-PRM's KV cache for incremental scoring), the text so far, whether it is finished and why, its
-answer, and the policy tokens spent on it. All problems of a batch advance together, so each
-round makes one batched generate call per distinct sample count and one scorer call per depth.
+State, per problem: the candidates of the current round. A ``Candidate`` (``search.candidates``,
+shared with the strategies, re-exported here) is a partial (or finished) solution: the scorer's
+``Prefix`` handle (steps so far and their PRM scores, plus the PRM's KV cache for incremental
+scoring), the text so far, whether it is finished and why, its answer, and the policy tokens
+spent on it. All problems of a batch advance together, so each round makes one batched generate
+call per distinct sample count and one scorer call per depth.
 A candidate that leaves the pool drops its handle's scorer state (a PRM's KV cache), so only the
 open beams hold cache memory.
 
@@ -60,18 +61,15 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from prm.scoring.base import Prefix, Scorer, aggregate
 from prm.steps import PLAIN, StepFormat, policy_prompt, solution_prefix, split_solution
 from prm.voting import vote
 from search.accounting import Compute, apportion
+from search.candidates import FINAL_RULES, Candidate, Expansion
 from search.generation.base import FINISH_EOS, FINISH_LENGTH, Generation, Generator, prompt_token_count
+from search.strategies import Strategy
 
-if TYPE_CHECKING:
-    from search.strategies import Strategy
-
-FINAL_RULES: tuple[str, ...] = ("prm", "majority", "weighted_majority")
 ROUND_LIMIT = "round_limit"
 MAX_CONTINUATIONS = 3  # blank-only samples continued at most this many times before they cost a round
 
@@ -79,67 +77,6 @@ MAX_CONTINUATIONS = 3  # blank-only samples continued at most this many times be
 class GenerationError(RuntimeError):
     """The generator failed on a batch (a runtime, value or I/O error inside ``generate``): an
     expected per-problem failure that ``prm-search`` isolates; programming errors are not wrapped."""
-
-
-@dataclass(eq=False)
-class Candidate:
-    """A partial or finished solution of one problem (see the module docstring).
-
-    ``text``: the solution so far (what follows the policy prompt). ``group``: its subtree (DVTS;
-    0 otherwise). ``generated_tokens`` / ``rollout_tokens``: policy tokens of its own text / of
-    the lookahead rollouts that scored its steps, each summed along its path from the root.
-    ``round``: the round that produced its latest step (0 for the root).
-    """
-
-    problem: int
-    group: int
-    prefix: Prefix
-    text: str
-    values: tuple[float, ...]
-    value: float
-    score: float
-    generated_tokens: int = 0
-    rollout_tokens: int = 0
-    finished: bool = False
-    finish_reason: str | None = None
-    answer: str | None = None
-    round: int = 0
-    tiebreak: float = 0.0  # orders equal values (a seeded uniform draw)
-
-    @property
-    def steps(self) -> tuple[str, ...]:
-        return self.prefix.steps
-
-    @property
-    def step_scores(self) -> tuple[float, ...]:
-        return self.prefix.scores
-
-    def release(self) -> Candidate:
-        """Drop the scorer's private state (a PRM's KV cache) once the candidate leaves the pool."""
-        p = self.prefix
-        self.prefix = Prefix(p.problem_idx, p.problem, p.steps, p.scores)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record of a candidate (everything but the scorer's handle)."""
-        return {
-            "text": self.text, "steps": list(self.steps), "step_scores": list(self.step_scores),
-            "score": self.score, "values": list(self.values), "value": self.value, "answer": self.answer,
-            "finish_reason": self.finish_reason, "round": self.round, "group": self.group,
-            "generated_tokens": self.generated_tokens, "rollout_tokens": self.rollout_tokens,
-        }
-
-
-@dataclass(frozen=True, eq=False)
-class Expansion:
-    """Sample ``len(groups)`` continuations of ``parent``; child ``k`` joins subtree ``groups[k]``."""
-
-    parent: Candidate
-    groups: tuple[int, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.groups)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ A strategy is a small dataclass of knobs that answers the loop's questions:
   gets, in which subtree (an empty list ends the problem's search);
 - ``to_end``: sample whole solutions in one round (best-of-N);
 - ``rollout_steps`` / ``rollout_temperature``: lookahead before scoring;
-- ``final``: the headline final rule (every rule of ``search.loop.FINAL_RULES`` is reported).
+- ``final``: the headline final rule (every rule of ``search.candidates.FINAL_RULES`` is reported).
 
 Registered: ``best_of_n``, ``beam``, ``lookahead``, ``dvts``. Greedy decoding, majority voting
 and weighted majority are ``best_of_n`` configurations (``conf/search/``). Ranking is by a
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from search.loop import FINAL_RULES, Candidate, Expansion
+from search.candidates import FINAL_RULES, Candidate, Expansion
 
 
 @dataclass

@@ -1,19 +1,28 @@
 """Generation backends: exact texts at stop strings, exact token counts, greedy = HF generate, seeds.
 
 Tiny random (or briefly fitted) GPTs over the character tokenizer and a tiny byte-level BPE
-tokenizer; everything runs on CPU in seconds. The vLLM test is marked ``gpu`` and skips without vLLM.
+tokenizer, and tiny Llama / Qwen2 models (rotary positions, grouped-query attention) for the KV
+cache; everything runs on CPU in seconds. The vLLM test is marked ``gpu`` and skips without vLLM.
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, load_causal_lm, save_model
+from prm.models.tokenizer import build_char_tokenizer
 from search.generation import Generation, GenerationStats, Generator, HFGenerator, cut_at_stop, prompt_token_count
 
 SIZE = TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128)
@@ -91,6 +100,29 @@ def test_greedy_equals_hf_generate_per_prompt(random_lm) -> None:
         assert [s.token_ids for s in samples] == [want, want]
         assert samples[0].text == tok.decode(want)
 
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llama_style_models_decode_like_generate(arch: str) -> None:
+    """The cache goes through the same keyword for rotary, grouped-query models: left-padded batches
+    of greedy rows equal ``generate`` per prompt, and no deprecated keyword is passed on the way."""
+    tok = build_char_tokenizer()
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
+    config = config_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        gens = HFGenerator(model, tok, batch_size=3).generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=30)
+    for prompt, samples in zip(PROMPTS, gens):
+        enc = tok(prompt, return_tensors="pt")
+        ref = model.generate(**enc, do_sample=False, max_new_tokens=30, pad_token_id=tok.pad_token_id)
+        want = ref[0, enc.input_ids.shape[1]:].tolist()
+        assert [s.token_ids for s in samples] == [want, want]
+    assert len({tuple(s.token_ids) for s in _flat(gens)}) > 1  # the prompts really lead to different texts
 
 def test_greedy_with_eos_matches_generate() -> None:
     """A model that often emits EOS: greedy rows end at EOS exactly like generate (EOS counted, not in text)."""

@@ -37,7 +37,7 @@ def test_cached_forward_equals_full_forward() -> None:
     with torch.inference_mode():
         full = prm(ids).logits
         head, cache = token_logits(prm, ids[:, :7], use_cache=True)
-        tail, _ = token_logits(prm, ids[:, 7:], past_key_values=cache, use_cache=True)
+        tail, _ = token_logits(prm, ids[:, 7:], cache=cache, use_cache=True)
     assert torch.allclose(torch.cat([head, tail], dim=1), full, atol=1e-5)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2ForTokenClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2ForTokenClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForTokenClassification,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2ForTokenClassification,
+)
 
 from prm.worlds import make_world
 from prm.data.arith import ArithConfig, Problem, generate_dataset, label_solution
@@ -353,6 +364,36 @@ def test_conventions_incremental_equals_full(kind: str) -> None:
         with pytest.raises(ValueError, match="needs a causal LM"):
             PRMScorer(build_prm(size=SIZE)[0], tok, convention="lm_tag")
 
+
+
+@pytest.mark.parametrize(("arch", "kind"), [("llama", "token_head"), ("qwen2", "token_head"), ("llama", "lm_tag"),
+                                            ("qwen2", "two_class")])
+def test_llama_style_incremental_equals_full(arch: str, kind: str) -> None:
+    """Rotary, grouped-query PRMs (head ``score``) take the same cache: left-padded reused caches of
+    different lengths give the scores of a full pass, and no deprecated keyword is passed on the way."""
+    tok = build_char_tokenizer(extra_chars="ки")
+    config_cls, lm_cls, head_cls = {"llama": (LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification),
+                                    "qwen2": (Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassification)}[arch]
+    config = config_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        pad_token_id=tok.pad_token_id, num_labels=2 if kind == "two_class" else 1)
+    torch.manual_seed(0)
+    model = (lm_cls if kind == "lm_tag" else head_cls)(config).eval()
+    scorer = PRMScorer(model, tok, convention=kind, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        roots = scorer.start([P1, P2, P3])
+        _, c1 = scorer.extend([roots[0], roots[1], roots[0], roots[2]], ["1+2=3", "4-1=3", "1+2=4", "7+5=2"])
+        _, c2 = scorer.extend([c1[1], c1[0], c1[3], c1[2]], ["# Answer: 3", "3*3=9", "2*3=6", "4*3=12"])
+    assert scorer.stats.cached_tokens > 0
+    full = PRMScorer(model, tok, convention=kind)
+    got, want = [], []
+    for child in [*c1, *c2]:
+        got += child.scores
+        want += full.score([child.problem], [[list(child.steps)]])[0][0]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert len({round(v, 5) for v in got}) > 3  # a random PRM: the scores differ, so a wrong cache would show
 
 # -- baselines --------------------------------------------------------------------------------------------
 

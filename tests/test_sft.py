@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -82,11 +83,29 @@ def test_loss_mask_covers_exactly_the_solution_and_eos() -> None:
     loss, metrics = sft_loss(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logp = torch.log_softmax(logits.float(), -1)
-    terms = [-logp[row, t - 1, batch["input_ids"][row, t]]
-             for row, ex in enumerate([enc, other]) for t in range(len(ex["labels"])) if ex["labels"][t] != -100]
+    labelled = [(row, t) for row, ex in enumerate([enc, other])
+                for t in range(len(ex["labels"])) if ex["labels"][t] != -100]
+    terms = [-logp[row, t - 1, batch["input_ids"][row, t]] for row, t in labelled]
     assert len(terms) == (len(pair.solution) + 1) + (len(other_solution) + 1) == 18 + 24
     assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
-    assert 0.0 <= float(metrics["token_acc"]) <= 1.0
+    hits = [int(logp[row, t - 1].argmax() == batch["input_ids"][row, t]) for row, t in labelled]
+    assert float(metrics["token_acc"]) == pytest.approx(sum(hits) / len(hits))
+
+
+def test_token_accuracy_counts_only_labelled_tokens() -> None:
+    """Hand-made logits: the prompt token is predicted right, one of the two labelled tokens is."""
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+            logits = torch.zeros(1, 4, 10)
+            for pos, tok in enumerate([6, 7, 0, 3]):  # the token predicted after position pos
+                logits[0, pos, tok] = 5.0
+            return SimpleNamespace(logits=logits)
+
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 7, 8]])}
+    _, metrics = sft_loss(Fixed(), batch)
+    assert float(metrics["token_acc"]) == 0.5  # 7 right, 8 wrong; the right guess of 6 is unlabelled
 
 
 def test_jsonl_records_become_pairs(tmp_path: Path) -> None:

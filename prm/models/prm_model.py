@@ -11,10 +11,9 @@ and applies the head, which is what incremental scoring during search needs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForTokenClassification, Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.models.loading import (
     ModelLoadError,
@@ -103,15 +102,15 @@ def token_logits(
     attention_mask: torch.Tensor | None = None,
     *,
     position_ids: torch.Tensor | None = None,
-    past_key_values: Any = None,
+    cache: Cache | None = None,
     use_cache: bool = False,
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, Cache | None]:
     """Per-token head logits ``[batch, tokens, num_labels]`` and the KV cache (when ``use_cache``)."""
     out = model.base_model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
+        cache=cache,
         use_cache=use_cache,
     )
-    return prm_head(model)(out.last_hidden_state), (out.past_key_values if use_cache else None)
+    return prm_head(model)(out.last_hidden_state), (out.cache if use_cache else None)

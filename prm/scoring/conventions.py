@@ -28,14 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.models.prm_inputs import EncodedSteps, encode_steps, encode_text
-from prm.models.prm_model import token_logits
+from prm.models.prm_model import prm_head
 from prm.steps import StepFormat
 
 CONVENTIONS: tuple[str, ...] = ("token_head", "lm_tag", "two_class")
@@ -137,8 +136,9 @@ class StepReader:
             raise ValueError(f"the token_head convention needs a head with 1 label (the model has {labels})")
         if conv.kind == "two_class" and labels != 2:
             raise ValueError(f"the two_class convention needs a head with 2 labels (the model has {labels})")
-        self._rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        if conv.kind == "lm_tag":
+        if conv.kind != "lm_tag":
+            self._head = prm_head(model)
+        else:
             lm_head = model.get_output_embeddings()
             if lm_head is None:
                 raise ValueError("the lm_tag convention needs a causal LM (the model has no output embeddings)")
@@ -151,22 +151,25 @@ class StepReader:
         return encode(self.conv, self.tokenizer, prompt, steps, max_length)
 
     def probs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-              position_ids: torch.Tensor | None = None, past_key_values: Any = None,
-              use_cache: bool = False) -> tuple[torch.Tensor, Any]:
-        """P(on track) at every token ``[batch, tokens]`` (float32) and the KV cache when ``use_cache``."""
-        kw = dict(position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache)
+              position_ids: torch.Tensor | None = None, cache: Cache | None = None,
+              use_cache: bool = False) -> tuple[torch.Tensor, Cache | None]:
+        """P(on track) at every token ``[batch, tokens]`` (float32) and the KV cache when ``use_cache``.
+
+        One backbone pass (``cache``: the keys/values of the tokens before ``input_ids``), then the
+        convention's read-out: the two LM-head rows (``lm_tag``) or the token-classification head.
+        """
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    cache=cache, use_cache=use_cache)
+        hidden, kv = out.last_hidden_state, (out.cache if use_cache else None)
         if self.conv.kind == "lm_tag":
-            out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kw)
             idx = torch.tensor(self.token_ids, device=input_ids.device)
             weight = self._lm_head.weight.index_select(0, idx)
             bias = self._lm_head.bias.index_select(0, idx) if getattr(self._lm_head, "bias", None) is not None else None
-            pair = F.linear(out.last_hidden_state, weight, bias).float()
-            return pair.softmax(-1)[..., 0], (out.past_key_values if use_cache else None)
-        logits, cache = token_logits(self.model, input_ids, attention_mask, **kw)
-        logits = logits.float()
+            return F.linear(hidden, weight, bias).float().softmax(-1)[..., 0], kv
+        logits = self._head(hidden).float()
         if self.conv.kind == "two_class":
-            return logits.softmax(-1)[..., 1], cache
-        return torch.sigmoid(logits[..., 0]), cache
+            return logits.softmax(-1)[..., 1], kv
+        return torch.sigmoid(logits[..., 0]), kv
 
 
 __all__ = ["CONVENTIONS", "MATH_SHEPHERD", "QWEN_PRM", "Convention", "StepReader", "encode", "tagged_text"]

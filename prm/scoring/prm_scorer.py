@@ -317,9 +317,10 @@ class PRMScorer(ScorerBase):
         self.stats.cached_tokens += sum(r.reuse for r in rows)
         self.stats.padding_tokens += ids.numel() - real
         probs, out_cache = self.reader.probs(ids.to(dev), mask.to(dev), position_ids=pos.to(dev),
-                                             past_key_values=cache, use_cache=True)
-        if out_cache is None:
-            raise RuntimeError(f"{type(self.model).__name__} returned no KV cache; incremental scoring needs one")
+                                             cache=cache, use_cache=True)
+        if out_cache is None or out_cache.get_seq_length() != past + width:
+            raise RuntimeError(f"{type(self.model).__name__} returned no KV cache of the {past} reused + {width} new "
+                               f"tokens; incremental scoring needs its forward to take and extend ``cache``")
         layers = out_cache.layers
         probs = probs.cpu()
         for b, row in enumerate(rows):

@@ -203,8 +203,8 @@ class HFGenerator:
                  cache: Any) -> tuple[torch.Tensor, Any]:
         kw = {"logits_to_keep": 1} if self._keep_arg else {}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, **kw)
-        return out.logits[:, -1, :].float(), out.past_key_values
+                         cache=cache, use_cache=True, **kw)
+        return out.logits[:, -1, :].float(), out.cache
 
     def _stop_table(self, stops: Sequence[str], vocab_size: int) -> _StopTable:
         key = tuple(stops)

@@ -168,6 +168,113 @@ def test_the_prm_eval_notebook_runs_in_a_kernel(eval_dir: Path, kernel: str, mon
     assert "error_accuracy" in _text(code[4]) and "within-problem AUROC ( min): 1.000" in _text(code[4])
 
 
+# ------------------------------------------------------------------------------------------ a tiny prm-rl run
+def digit_share(prompts: list[str], completions: list[str], **kwargs: object) -> list[float | None]:
+    """A TRL-signature reward that varies even for an untrained policy (None on empty completions)."""
+    return [sum(c.isdigit() for c in text) / len(text) if text else None for text in completions]
+
+
+@pytest.fixture(scope="module")
+def rl_dir(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """``prm-rl`` in-process: 4 steps of a tiny untrained policy on 20 arithmetic problems, rewarded by outcome and
+    by the share of digits (so rewards vary), a PPO-style second epoch and a KL penalty; a tiny untrained PRM gives
+    the monitor its reward on 4 held-out problems at steps 0, 2 and 4."""
+    from prm.models.prm_model import build_prm, save_prm
+    from prm.steps import save_step_format
+    from rl.grpo import run
+
+    tmp = tmp_path_factory.mktemp("rl_nb")
+    model, tok = load_causal_lm(size=TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=96), seed=0)
+    policy = save_model(model, tok, tmp / "policy")
+    prm, prm_tok = build_prm(size=TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128), seed=0)
+    prm_dir = save_prm(prm, prm_tok, tmp / "prm")
+    save_step_format(prm_dir, ARITH_FORMAT)
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="rl", overrides=[
+            f"policy={policy}", f"run_dir={tmp / 'rl'}", f"scorer.model_or_path={prm_dir}", "rl.n_train_problems=20",
+            "rl.prompts_per_step=2", "rl.group_size=4", "rl.max_new_tokens=24", "rl.ppo_epochs=2", "rl.kl_coef=0.1",
+            "monitor.n_problems=4", "monitor.samples=2", "train.max_steps=4", "train.eval_every=2",
+            "train.save_every=0", "train.log_every=1", "train.lr=1e-2", "train.progress=false",
+            "+reward.digits={_target_: rl.rewards.FunctionReward, function: test_notebooks.digit_share, weight: 1.0}"])
+    run(cfg)
+    return tmp / "rl"
+
+
+RL_PROBE = """import json, sys
+def floats(values):
+    return [float(v) for v in values]
+def panel(ax):
+    lines = {line.get_label(): [floats(line.get_xdata()), floats(line.get_ydata())]
+             for line in ax.lines if not line.get_label().startswith("_")}
+    bars = {c.get_label(): {"x": floats(c.lines[0].get_xdata()), "y": floats(c.lines[0].get_ydata()),
+                            "spans": [sorted(floats(seg[:, 1])) for seg in c.lines[2][0].get_segments()]}
+            for c in ax.containers}
+    return {"lines": lines, "bars": bars}
+figs = {"fig_monitor": fig_monitor, "fig_training": fig_training}
+print(json.dumps({"prefix": sys.prefix, "monitor": len(monitor), "training": len(training), "figures": {
+    name: {ax.get_title(): panel(ax) for ax in fig.axes if ax.get_visible()} for name, fig in figs.items()}}))"""
+
+
+@pytest.mark.slow
+def test_the_rl_notebook_runs_in_a_kernel(rl_dir: Path, kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prm.io import read_resumable_jsonl
+
+    summary = json.loads((rl_dir / "summary.json").read_text())
+    metrics = read_resumable_jsonl(rl_dir / "metrics.jsonl")
+    assert [r["step"] for r in metrics if "eval/greedy_accuracy" in r] == [m["step"] for m in summary["monitor"]]
+    # An untrained policy is right nowhere, so every interval is [0, 0]: give the monitor's accuracies distinct
+    # values and intervals to see each error bar span its own row's; then tear the last line as a killed run would.
+    for i, row in enumerate(r for r in metrics if "eval/greedy_accuracy" in r):
+        for j, key in enumerate(("eval/greedy_accuracy", "eval/sampled_accuracy")):
+            acc = 0.2 + 0.25 * i + 0.1 * j
+            row.update({key: acc, f"{key}_lo": acc - 0.05 * (i + 1), f"{key}_hi": acc + 0.02 * (i + j + 2)})
+    (rl_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics) + '{"step": 5, "loss": 0.')
+    evals = [r for r in metrics if "eval/greedy_accuracy" in r]
+    train = [r for r in metrics if "loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and [r["step"] for r in train] == [1, 2, 3, 4]
+    monkeypatch.setenv("RL_DIR", str(rl_dir))
+    nb, probe = execute("rl_analysis.ipynb", kernel, RL_PROBE)
+    assert probe["prefix"] == sys.prefix
+    assert (probe["monitor"], probe["training"]) == (3, 4)
+
+    def column(rows: list[dict[str, Any]], key: str) -> list[list[float]]:
+        return [[float(r["step"]) for r in rows], [float(r[key]) for r in rows]]
+
+    monitor = probe["figures"]["fig_monitor"]
+    acc = monitor["true accuracy vs the PRM's reward"]
+    assert set(acc["bars"]) == {"true accuracy (greedy)", "true accuracy (sampled)"}
+    for label, key in (("true accuracy (greedy)", "greedy_accuracy"), ("true accuracy (sampled)", "sampled_accuracy")):
+        bars = acc["bars"][label]  # one point per monitor row, its error bar spanning the row's 95% interval
+        assert [bars["x"], bars["y"]] == column(evals, f"eval/{key}")
+        assert [v for span in bars["spans"] for v in span] == pytest.approx(
+            [v for r in evals for v in (r[f"eval/{key}_lo"], r[f"eval/{key}_hi"])])
+    assert acc["lines"]["PRM reward (sampled)"] == column(evals, "eval/prm_reward")
+    gap = monitor["the PRM's gap to true accuracy"]["lines"]
+    assert gap["PRM reward - sampled accuracy"] == column(evals, "eval/prm_gap")
+    process = monitor["process correctness"]["lines"]
+    assert process["every step right (sampled)"] == column(evals, "eval/process_correct")
+    assert process["finished with an answer (sampled)"] == column(evals, "eval/format_rate")
+
+    training = probe["figures"]["fig_training"]
+    rewards = training["training rewards"]["lines"]
+    assert set(rewards) == {"outcome (outcome, weight 1)", "digits (outcome, weight 1)"}
+    assert rewards["digits (outcome, weight 1)"] == column(train, "reward/digits/mean")
+    assert rewards["outcome (outcome, weight 1)"] == column(train, "reward/outcome/mean")
+    assert training["policy entropy"]["lines"]["entropy (nats per token)"] == column(train, "entropy")
+    length = training["completion length (tokens)"]["lines"]
+    assert length["rollouts"] == column(train, "rollout/completion_tokens")
+    assert length["held-out (sampled)"] == column(evals, "eval/completion_tokens")
+    assert training["completion length (steps)"]["lines"]["rollouts"] == column(train, "rollout/steps")
+    assert training["loss"]["lines"]["loss"] == column(train, "loss")
+    kl = training["KL and clipping"]["lines"]
+    assert kl["KL to the reference"] == column(train, "kl") and kl["clipped tokens"] == column(train, "clip_fraction")
+
+    code = [c for c in nb.cells[:-1] if c.cell_type == "code"]
+    assert "rewards: outcome (outcome, weight 1), digits (outcome, weight 1)" in _text(code[1])  # the headline
+    assert _text(code[1]).count(f"| {rl_dir.name} |") == 3  # the monitor table: one row per monitored step
+    assert [_images(c) for c in code[2:4]] == [1, 1]  # each figure shown below its cell
+
+
 # ------------------------------------------------------------------------------------------ the sweep plots
 def _rows(tokens: list[float], flops_per_token: float = 2e6) -> list[dict[str, Any]]:
     """Done cells of two strategies at N = 1, 2, 4, ... with the given generated tokens per problem."""

@@ -258,10 +258,13 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_default_sft_on_the_default_world(tmp_path: Path) -> None:
-    """The default prm-sft (2 layers, 128 dims) on the default world, a fixed 800 steps (not the
-    300 s budget: on a shared machine a time budget gives anything from 225 to 850 steps)."""
-    summary = run(cfg_of(f"run_dir={tmp_path}", "threads=1", "train.max_steps=800", "train.max_time_s=null",
+    """The default prm-sft (2 layers, 128 dims) on the default world, its default 1000 steps (not the
+    300 s budget: on a shared machine a time budget gives anything from 225 to 850 steps). The loss falls
+    through a phase transition between steps 600 and 900 whose timing moves with the data draw and the
+    thread count (measured: 0.19 at step 800 of an 800-step schedule, 0.07 at step 800 and 0.03 at 1000 of
+    the default 1000-step one), so the test runs the default schedule to its end."""
+    summary = run(cfg_of(f"run_dir={tmp_path}", "threads=1", "train.max_steps=1000", "train.max_time_s=null",
                          "train.progress=false"))
-    assert summary["step"] == 800
+    assert summary["step"] == 1000
     assert summary["loss"] < 0.15 and summary["eval/loss"] < 0.15
     assert summary["greedy_accuracy"] >= 0.3  # measured 0.40-0.48 near 800 steps (systematic mistakes cap it)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from prm.data.arith import ArithConfig, generate_problems, sample_training_solution
 from prm.data.stepwise import read_stepwise
 from prm.models.loading import TinyGPTConfig, load_causal_lm, save_model
 from search import sample
@@ -39,25 +37,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def fit_policy(out: Path, steps: int, batch: int = 64, seed: int = 0) -> Path:
-    """A tiny character GPT fitted on the arithmetic world's training solutions (prompt + solution + EOS)."""
+    """A tiny character GPT fitted on the arithmetic world's training solutions (``generation.train``)."""
+    from generation import train  # benchmarks/generation.py, beside this script
+
     model, tok = load_causal_lm(size=TinyGPTConfig(n_layer=2, n_embd=128, n_head=4, n_positions=256), seed=seed)
-    cfg, rng = ArithConfig(), random.Random(seed)
-    problems = generate_problems(4096, cfg, seed=seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for i in range(steps):
-        texts = [p.prompt + sample_training_solution(p, cfg, rng) for p in rng.sample(problems, batch)]
-        ids = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
-        width = max(map(len, ids))
-        x = torch.tensor([row + [tok.pad_token_id] * (width - len(row)) for row in ids])
-        labels = torch.tensor([row + [-100] * (width - len(row)) for row in ids])
-        loss = model(input_ids=x, attention_mask=(labels != -100).long(), labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i % 100 == 0 or i == steps - 1:
-            print(f"  train step {i:4d}  loss {loss.item():.3f}")
-    model.eval()
+    train(model, tok, steps, batch=batch, seed=seed)
     return save_model(model, tok, out)
 
 

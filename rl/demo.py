@@ -38,10 +38,10 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def world_overrides(cfg: DictConfig) -> list[str]:
-    """``data.world.*`` overrides that carry this run's world to every stage."""
+    """``data.world.*`` and ``data.format`` overrides that carry this run's world to every stage."""
     world = OmegaConf.to_container(cfg.data.world, resolve=True)
     assert isinstance(world, dict)
-    return [f"data.world.{k}={_override_value(v)}" for k, v in world.items()]
+    return [f"data.format={cfg.data.format}", *(f"data.world.{k}={_override_value(v)}" for k, v in world.items())]
 
 
 def _override_value(v: Any) -> str:
@@ -129,7 +129,8 @@ def main(cfg: DictConfig) -> None:
         f"scorer.world.format={cfg.data.format}", test_samples, *s.eval],
         prm_eval.run, run_dir, after=("test",))
     summaries["eval_likelihood"] = run_stage("eval_likelihood", "prm_eval", [
-        "scorer=likelihood", f"scorer.model_or_path={policy}", test_samples, *s.eval], prm_eval.run, run_dir,
+        "scorer=likelihood", f"scorer.model_or_path={policy}", f"scorer.style={cfg.data.format}", test_samples,
+        *s.eval], prm_eval.run, run_dir,
         after=("sft", "test"))
     summaries["error_kinds"] = error_kinds(run_dir, cfg, {"PRM": "eval_prm", "likelihood": "eval_likelihood"})
     summaries["sweep"] = run_stage("sweep", "sweep", [

@@ -54,3 +54,19 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
         assert f"[demo] {stage}: reusing" in third.stdout, stage
     typo = _demo(run, "stages.nope=[]")
     assert typo.returncode != 0 and "nope" in typo.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_in_the_tagged_format(tmp_path: Path) -> None:
+    """``data.format=tagged`` reaches every stage: the policy, its samples, the PRM's saved format, search and RL."""
+    import json
+
+    run = tmp_path / "tagged"
+    done = _demo(run, "data.format=tagged")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "prm" / "model" / "step_format.json").read_text())["style"] == "tagged"
+    cfg = json.loads((run / "test" / "stage.json").read_text())["config"]
+    assert cfg["data"]["format"] == "tagged"
+    record = json.loads((run / "sweep" / "cells" / "beam-N4-s0" / "results.jsonl").read_text().splitlines()[0])
+    assert all(c["text"].startswith("<reasoning>\n") for c in record["candidates"])
+    assert json.loads((run / "rl_outcome" / "stage.json").read_text())["config"]["data"]["format"] == "tagged"

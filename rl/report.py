@@ -68,13 +68,14 @@ def selection_with_intervals(run_dir: Path, stage: str, aggregation: str) -> dic
     return selection_eval(examples, scores, problem_groups(examples), aggregation, draws=100, seed=0)
 
 
-def headline_table(run_dir: Path, evals: dict[str, dict[str, Any]]) -> list[str]:
-    """At N = all samples: each scorer's best-of-N and weighted majority, majority, pass, with intervals."""
+def headline_table(evals: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """At N = all samples: each scorer's best-of-N and weighted majority, majority, pass, with intervals
+    (``evals``: name -> (the eval stage's summary, its ``selection_with_intervals``))."""
     lines = ["| scorer | within-problem AUROC | best-of-N | weighted majority | majority | pass@N |",
              "|---|---|---|---|---|---|"]
-    for name, (stage, e) in evals.items():
+    for name, (e, selection) in evals.items():
         agg = e["aggregation"]
-        sel = selection_with_intervals(run_dir, stage, agg)["all"]
+        sel = selection["all"]
         n = sel["ns"][-1]
         cell = {m: _ci(v["mean"][-1], v.get("ci95", [None])[-1]) for m, v in sel["methods"].items()}
         lines.append(f"| {name} ({agg}, N={n}) | {_f(e['within_problem_auroc'][agg]['auroc'])} | {cell['best_of_n']} | "
@@ -182,6 +183,8 @@ def rl_table(stages: dict[str, dict[str, Any]]) -> list[str]:
 def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> Path:
     """Write ``run_dir/report.md`` from the stages' summaries; returns its path."""
     sft = summaries["sft"]
+    stages = {"PRM": "eval_prm", "policy likelihood": "eval_likelihood", "oracle (exact labels)": "eval_oracle"}
+    selections = {name: selection_with_intervals(run_dir, st, summaries[st]["aggregation"]) for name, st in stages.items()}
     plots = sorted(p for p in run_dir.rglob("*.png") if "checkpoints" not in p.parts)
     lines = [
         "# prm-demo report", "",
@@ -197,16 +200,14 @@ def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> P
                     "oracle (exact labels)": summaries["eval_oracle"]}), "",
         "### Each scorer ranking all held-out samples of a problem (95% bootstrap intervals over problems)", "",
         "The oracle ranks by exact step labels, the answer step included: it is the upper bound of every scorer.", "",
-        *headline_table(run_dir, {"PRM": ("eval_prm", summaries["eval_prm"]),
-                                  "policy likelihood": ("eval_likelihood", summaries["eval_likelihood"]),
-                                  "oracle (exact labels)": ("eval_oracle", summaries["eval_oracle"])}), "",
+        *headline_table({name: (summaries[st], selections[name]) for name, st in stages.items()}), "",
         "### What each scorer catches: first-error steps by kind", "",
         "AUROC of the score at each kind's first-error steps against every right step with right steps "
         "before it: the policy's likelihood spots random slips, the PRM must add the systematic mistakes "
         "the policy makes confidently.", "",
         *error_kind_table(summaries["error_kinds"]), "",
         "### Best-of-N over the held-out samples (PRM ranking, majority, weighted majority, likelihood, oracle)", "",
-        *selection_table(selection_with_intervals(run_dir, "eval_prm", summaries["eval_prm"]["aggregation"])), "",
+        *selection_table(selections["PRM"]), "",
         "## Search sweep", "",
         *sweep_table(run_dir / "sweep" / "sweep.csv"), "",
         *(["## RL from the SFT policy (held-out monitor)", "",

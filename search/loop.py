@@ -336,9 +336,10 @@ class SearchLoop:
         itself), ``blank`` (it added no step, only blank lines), else None."""
         if piece.reason in (FINISH_EOS, FINISH_LENGTH):
             return None
-        added, answered = new_steps(before, before + piece.text, self.fmt)
-        if answered:
-            return None if split_solution(before + piece.text, self.fmt).answer else "answer"
+        parsed = split_solution(before + piece.text, self.fmt)  # parsed once: steps and answer
+        if parsed.answer_step is not None:
+            return None if parsed.answer else "answer"
+        added = len(parsed.labelled_steps) > len(split_solution(before, self.fmt).labelled_steps)
         return None if added else "blank"
 
     def _generate(self, requests: list[tuple[int, str, int]], *, stop: tuple[str, ...], temperature: float,

@@ -2,11 +2,16 @@
 
 What a search run counts (``Compute``), per problem and summed over problems:
 
-- ``prompt_tokens``: policy prompt tokens processed, i.e. prefilled. Every generate call prefills
-  each of its prompts once, whatever ``n`` (``Generation.prompt_tokens``), so a beam expanded
-  M times in one call costs its prompt once; a prompt sent again in a later call (the next
-  round, a lookahead rollout, an answer completion) is counted again. A backend's prefix cache
-  (vLLM) is not subtracted: this is the work an uncached backend does.
+- ``prompt_tokens``: policy prompt tokens sent. Every generate call counts each of its prompts
+  once, whatever ``n`` (``Generation.prompt_tokens``), so a beam expanded M times in one call
+  costs its prompt once; a prompt sent again in a later call (the next round, a lookahead
+  rollout, an answer completion) is counted again. This is the prefill an uncached backend does,
+  the same for every backend and setting.
+- ``cached_prompt_tokens``: the part of ``prompt_tokens`` the backend served from its prefix cache
+  (``Generation.cached_prompt_tokens``: the HF backend's ``reuse_cache``, vLLM's prefix caching)
+  instead of running it; ``prefilled_tokens = prompt_tokens - cached_prompt_tokens`` is what was
+  really prefilled (in ``as_dict`` too). With the cache, step-by-step search prefills about one
+  token per continued candidate and round instead of its whole text.
 - ``generated_tokens``: policy tokens sampled, for every sample the search drew, kept or pruned:
   expansions, answer-line completions and lookahead rollouts.
 - ``rollout_tokens``: the part of ``generated_tokens`` spent on lookahead rollouts.
@@ -21,7 +26,9 @@ What a search run counts (``Compute``), per problem and summed over problems:
 - ``samples``: expansion samples drawn (the search budget: N per round for beam search).
 
 FLOPs: ``2 * params * tokens`` per model (the forward-pass rule of thumb, attention ignored):
-``2 * policy_params * (prompt_tokens + generated_tokens) + 2 * prm_params * prm_tokens``. Parameter
+``2 * policy_params * (prompt_tokens + generated_tokens) + 2 * prm_params * prm_tokens``, i.e. the
+uncached work (prefix caches are not subtracted, so the estimate does not depend on the backend or
+its cache setting; ``prefilled_tokens`` says how much of the prompt work a run really did). Parameter
 counts come from the loaded models (``count_params``: every parameter, embeddings included,
 tied tensors once) or are passed in (``ModelSizes``, e.g. for vLLM, whose model is not reachable);
 an unknown count that is needed gives ``None`` rather than a wrong number.
@@ -47,10 +54,16 @@ class Compute:
     rollout_tokens: int = 0
     prm_tokens: int = 0
     samples: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens really run through the policy (not served from a prefix cache)."""
+        return self.prompt_tokens - self.cached_prompt_tokens
 
     @property
     def policy_tokens(self) -> int:
-        """Tokens through the policy: prefilled plus generated."""
+        """Tokens through an uncached policy: prompt plus generated (the FLOPs estimate's count)."""
         return self.prompt_tokens + self.generated_tokens
 
     def add(self, other: Compute) -> Compute:
@@ -59,7 +72,8 @@ class Compute:
         return self
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The counts, plus ``prefilled_tokens`` (``from_dict`` ignores it)."""
+        return {**asdict(self), "prefilled_tokens": self.prefilled_tokens}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Compute:

@@ -52,7 +52,11 @@ finished candidates uses ``score``:
   sum of aggregated scores per equivalent answer; ties: the class seen first).
 
 Finished candidates are kept in the order they finished (round, then position in the round).
-Compute is counted per problem (``search.accounting``).
+Compute is counted per problem (``search.accounting``), the prompt tokens a generator served from
+its prefix cache included (``cached_prompt_tokens``). Each run is one ``cache_scope`` of the
+generator (``search.generation.base``): each round's prompts extend the previous round's, and a
+backend that keeps their keys/values (the HF backend with ``reuse_cache``) prefills only the new
+text; the cache starts the run empty and is dropped at its end.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ from prm.steps import PLAIN, StepFormat, policy_prompt, solution_prefix, split_s
 from prm.voting import vote
 from search.accounting import Compute, apportion
 from search.candidates import FINAL_RULES, Candidate, Expansion
-from search.generation.base import FINISH_EOS, FINISH_LENGTH, Generation, Generator, prompt_token_count
+from search.generation.base import (
+    FINISH_EOS, FINISH_LENGTH, Generation, Generator, cache_scope, cached_token_count, prompt_token_count,
+)
 from search.strategies import Strategy
 
 ROUND_LIMIT = "round_limit"
@@ -181,6 +187,11 @@ class SearchLoop:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> list[SearchResult]:
+        """Search every problem (see the module docstring), in one cache scope of the generator."""
+        with cache_scope(self.generator):
+            return self._run()
+
+    def _run(self) -> list[SearchResult]:
         strategy, settings = self.strategy, self.settings
         plans = [Expansion(self._root(i), tuple(strategy.root())) for i in range(len(self.problems))]
         for rnd in range(1, settings.max_rounds + 1):
@@ -363,6 +374,7 @@ class SearchLoop:
                 out[r] = samples
                 c = self.results[requests[r][0]].compute
                 c.prompt_tokens += prompt_token_count(samples)
+                c.cached_prompt_tokens += cached_token_count(samples)
                 spent = sum(g.generated_tokens for g in samples)
                 c.generated_tokens += spent
                 if rollout:

@@ -54,7 +54,7 @@ from prm.runs import check_identity, model_fingerprint
 from prm.scoring.base import Scorer
 from prm.worlds import Task, World, by_difficulty, world_and_tasks
 from search.accounting import Compute, ModelSizes, model_sizes, total
-from search.generation.base import Generator
+from search.generation.base import Generator, result_settings
 from search.loop import FINAL_RULES, GenerationError, SearchResult, SearchSettings, derive_seed, search
 from search.strategies import Strategy, make_strategy
 
@@ -91,7 +91,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         "search": OmegaConf.to_container(cfg.search, resolve=True), "seed": cfg.seed, "policy": str(cfg.policy),
         "policy_fingerprint": model_fingerprint(cfg.policy),
         "scorer": scorer, "scorer_fingerprint": model_fingerprint(scorer.get("model_or_path")),
-        "generator": {k: v for k, v in generator.items() if k != "model_or_path"},
+        "generator": result_settings(generator),
         "problems": cfg.problems, "split": cfg.get("split"), "n_problems": cfg.get("n_problems"),
         "problem_seed": cfg.problem_seed, "problems_per_call": cfg.problems_per_call,
         "data": OmegaConf.to_container(cfg.data, resolve=True),

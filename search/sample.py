@@ -37,7 +37,7 @@ from prm.runs import check_identity, model_fingerprint
 from prm.steps import policy_prompt
 from prm.voting import vote
 from prm.worlds import Task, World, by_difficulty, label_example, world_and_tasks
-from search.generation.base import Generation, Generator
+from search.generation.base import Generation, Generator, result_settings
 from search.mc_labels import MCSettings, format_quality, label_quality, mc_compute, mc_label
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -49,8 +49,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     keys = ("problems", "split", "n_problems", "problem_seed", "k", "temperature", "top_p", "max_new_tokens",
             "greedy", "prompts_per_call", "seed")
     ident = {**{k: cfg.get(k) for k in keys}, "data": OmegaConf.to_container(cfg.data, resolve=True),
-             "generator": {k: v for k, v in OmegaConf.to_container(cfg.generator, resolve=True).items()  # type: ignore[union-attr]
-                           if k != "model_or_path"},
+             "generator": result_settings(OmegaConf.to_container(cfg.generator, resolve=True)),  # type: ignore[arg-type]
              "policy": str(cfg.policy), "policy_fingerprint": model_fingerprint(cfg.policy)}
     mc = mc_settings(cfg)
     if mc is not None:  # exact-label runs keep the identity they always had

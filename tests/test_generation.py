@@ -150,6 +150,41 @@ def test_seed_reproducible(random_lm) -> None:
     assert texts(7) != texts(8)
 
 
+def test_per_prompt_seeds_make_a_prompts_samples_independent_of_the_batch(steppy_lm) -> None:
+    # Two processes sharing out a rollout's prompts must draw what one process draws: with one seed per
+    # prompt, a prompt's samples are the same alone, in another order, in other chunks, at another batch size.
+    gen = HFGenerator(*steppy_lm, batch_size=64)
+    seeds = [11, 22, 33, 44]
+    together = gen.generate(PROMPTS[:4], n=3, max_new_tokens=24, stop=["\n"], seed=seeds)
+    texts = [[(s.text, s.token_ids) for s in g] for g in together]
+    assert len({t for g in texts for t, _ in g}) > 4  # really sampled
+    for i in range(4):
+        (alone,) = HFGenerator(*steppy_lm, batch_size=3).generate([PROMPTS[i]], n=3, max_new_tokens=24, stop=["\n"],
+                                                                   seed=[seeds[i]])
+        assert [(s.text, s.token_ids) for s in alone] == texts[i]
+        for a, b in zip(alone, together[i]):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    backwards = gen.generate(PROMPTS[:4][::-1], n=3, max_new_tokens=24, stop=["\n"], seed=seeds[::-1])
+    assert [[(s.text, s.token_ids) for s in g] for g in backwards][::-1] == texts
+    other = gen.generate(PROMPTS[:4], n=3, max_new_tokens=24, stop=["\n"], seed=[5, 22, 33, 44])
+    assert [(s.text, s.token_ids) for s in other[0]] != texts[0]
+    assert [[(s.text, s.token_ids) for s in g] for g in other[1:]] == texts[1:]
+    with pytest.raises(ValueError, match="3 seeds for 4 prompts"):
+        gen.generate(PROMPTS[:4], seed=[1, 2, 3])
+
+
+def test_sampling_by_uniforms_inverts_the_distribution() -> None:
+    from search.generation.hf import sample_next
+
+    logits = torch.log(torch.tensor([[0.5, 0.0, 0.25, 0.25]] * 5))  # token 1 has probability 0
+    u = torch.tensor([0.0, 0.49, 0.5, 0.74, 0.999], dtype=torch.float64)
+    tok, lp = sample_next(logits, 1.0, 1.0, None, u)
+    assert tok.tolist() == [0, 0, 2, 2, 3]
+    assert torch.allclose(lp, torch.log(torch.tensor([0.5, 0.5, 0.25, 0.25, 0.25])))
+    tok, _ = sample_next(logits, 1.0, 0.5, None, u)  # top-p 0.5 keeps token 0 only
+    assert tok.tolist() == [0] * 5
+
+
 def test_samples_of_one_prompt_differ(random_lm) -> None:
     (samples,) = HFGenerator(*random_lm).generate(["Q: 1+2\n"], n=8, temperature=1.0, max_new_tokens=20, seed=0)
     assert len({s.text for s in samples}) == 8

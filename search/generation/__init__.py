@@ -14,6 +14,8 @@ from search.generation.base import (
     Generation,
     GenerationStats,
     Generator,
+    cache_scope,
+    cached_token_count,
     cut_at_stop,
     prompt_token_count,
 )
@@ -37,5 +39,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FINISH_EOS", "FINISH_LENGTH", "Generation", "GenerationStats", "Generator", "HFGenerator", "VLLMGenerator",
-    "cut_at_stop", "prompt_token_count",
+    "cache_scope", "cached_token_count", "cut_at_stop", "prompt_token_count",
 ]

@@ -15,12 +15,28 @@ Compute accounting is exact and backend-independent:
 - ``generated_tokens``: tokens sampled for that sample, up to and including the token that
   completed the stop string or the end-of-sequence token.
 
+- ``cached_prompt_tokens``: of a prompt's tokens, those a backend served from a prefix cache
+  (KV computed by an earlier call) instead of prefilling them; on the first sample like
+  ``prompt_tokens`` (0 without a cache). ``prompt_tokens - cached_prompt_tokens`` is what the
+  backend really ran through the model for that prompt (``prefilled_tokens``).
+
 ``GenerationStats`` accumulates these over calls (plus wall time) on every generator's ``stats``.
+
+**Prefix caches.** A backend may keep the KV cache of text it has processed and reuse it when a
+later prompt starts with the same tokens; this changes only what is prefilled, not what is
+sampled (up to float rounding: reused keys/values were computed in another batch). vLLM's
+automatic prefix caching is always on. The HF backend reuses its cache only inside a
+``cache_scope()`` block (a method the protocol does not require; ``cache_scope(generator)`` opens
+it where there is one, else does nothing), which starts and ends with an empty cache: step-by-step
+search opens one per run, so its memory and its float rounding depend on that run alone (a resumed
+run repeats an uninterrupted one exactly), and callers that open none (sampling, RL rollouts) run
+as if there were no cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,6 +60,7 @@ class Generation:
     greedy), None if the backend did not compute it. At temperature 1 and top-p 1 this is the
     policy's log-likelihood of the continuation (the likelihood-reranking baseline).
     ``token_ids``: the sampled token ids (``generated_tokens`` of them), when the backend has them.
+    ``cached_prompt_tokens``: of ``prompt_tokens``, those served from a prefix cache (first sample only).
     """
 
     text: str
@@ -52,6 +69,7 @@ class Generation:
     generated_tokens: int
     logprob: float | None = None
     token_ids: list[int] | None = None
+    cached_prompt_tokens: int = 0
 
     @property
     def stopped(self) -> bool:
@@ -66,19 +84,19 @@ class GenerationStats:
     calls: int = 0
     prompts: int = 0
     samples: int = 0
-    prompt_tokens: int = 0  # prompt tokens processed (each prompt once per call)
-    cached_prompt_tokens: int = 0  # of those, served from a prefix cache (vLLM); always 0 for HF
+    prompt_tokens: int = 0  # prompt tokens of the prompts sent (each prompt once per call)
+    cached_prompt_tokens: int = 0  # of those, served from a prefix cache instead of prefilled
     generated_tokens: int = 0
     wall_time_s: float = 0.0
 
-    def add(self, gens: Sequence[Sequence[Generation]], wall_time_s: float, cached_prompt_tokens: int = 0) -> None:
+    def add(self, gens: Sequence[Sequence[Generation]], wall_time_s: float) -> None:
         """Count one call's results."""
         self.calls += 1
         self.prompts += len(gens)
         self.samples += sum(len(g) for g in gens)
         self.prompt_tokens += sum(s.prompt_tokens for g in gens for s in g)
+        self.cached_prompt_tokens += sum(s.cached_prompt_tokens for g in gens for s in g)
         self.generated_tokens += sum(s.generated_tokens for g in gens for s in g)
-        self.cached_prompt_tokens += cached_prompt_tokens
         self.wall_time_s += wall_time_s
 
     def merge(self, other: GenerationStats) -> None:
@@ -87,11 +105,17 @@ class GenerationStats:
             setattr(self, name, getattr(self, name) + value)
 
     @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens really run through the model (not served from a prefix cache)."""
+        return self.prompt_tokens - self.cached_prompt_tokens
+
+    @property
     def generated_tokens_per_s(self) -> float:
         return self.generated_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "generated_tokens_per_s": self.generated_tokens_per_s}
+        return {**asdict(self), "prefilled_tokens": self.prefilled_tokens,
+                "generated_tokens_per_s": self.generated_tokens_per_s}
 
     def reset(self) -> None:
         for name, value in asdict(GenerationStats()).items():
@@ -113,7 +137,7 @@ class Generator(Protocol):
         top_p: float = 1.0,
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> list[list[Generation]]:
         """``n`` continuations per prompt (one list of ``n`` per prompt, in order).
 
@@ -121,14 +145,39 @@ class Generator(Protocol):
         the decoded continuation only, never across the prompt boundary). ``seed``: the same
         seed with the same arguments (and the same backend settings, e.g. batch size) gives the
         same samples; None: the HF backend draws a seed from torch's global generator (so
-        ``torch.manual_seed`` makes it reproducible), vLLM uses its engine's random state.
+        ``torch.manual_seed`` makes it reproducible), vLLM uses its engine's random state. A
+        sequence: one seed per prompt, each prompt's samples a function of its own seed only (not
+        of the other prompts in the call: several processes sharing out a batch of prompts draw
+        exactly what one process draws).
         """
         ...
 
 
+# Generator settings that change speed and memory, never what is sampled: left out of a run's identity, so a run
+# resumed with another setting (or started before the setting existed) continues.
+SPEED_ONLY_SETTINGS = frozenset({"reuse_cache", "cache_tokens"})
+
+
+def result_settings(generator_cfg: dict[str, object]) -> dict[str, object]:
+    """A generator config without its model path and its speed-only settings (what decides the samples)."""
+    return {k: v for k, v in generator_cfg.items() if k != "model_or_path" and k not in SPEED_ONLY_SETTINGS}
+
+
 def prompt_token_count(samples: Sequence[Generation]) -> int:
-    """The prompt tokens processed for one prompt (its samples' counts summed: the first holds it)."""
+    """The prompt tokens of one prompt (its samples' counts summed: the first holds it)."""
     return sum(s.prompt_tokens for s in samples)
+
+
+def cached_token_count(samples: Sequence[Generation]) -> int:
+    """Of one prompt's tokens, those served from a prefix cache (summed like ``prompt_token_count``)."""
+    return sum(s.cached_prompt_tokens for s in samples)
+
+
+def cache_scope(generator: object) -> AbstractContextManager[object]:
+    """A block in which ``generator`` may reuse its prefix cache across calls (its ``cache_scope()``;
+    nothing for a generator without one). The cache is empty when the block starts and ends."""
+    scope = getattr(generator, "cache_scope", None)
+    return scope() if callable(scope) else nullcontext()
 
 
 def check_generate_args(n: int, temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str]) -> list[str]:
@@ -167,6 +216,6 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str] | None:
 
 
 __all__ = [
-    "FINISH_EOS", "FINISH_LENGTH", "Generation", "GenerationStats", "Generator", "check_generate_args",
-    "cut_at_stop", "prompt_token_count",
+    "FINISH_EOS", "FINISH_LENGTH", "SPEED_ONLY_SETTINGS", "Generation", "GenerationStats", "Generator", "cache_scope",
+    "cached_token_count", "check_generate_args", "cut_at_stop", "prompt_token_count", "result_settings",
 ]

@@ -7,8 +7,10 @@ get different samples): vLLM prefills each prompt once for its ``n`` samples and
 reuses the KV cache of prefixes seen in earlier calls (step-by-step search re-sends growing
 prefixes). Counts come from the ``RequestOutput``: ``prompt_tokens = len(prompt_token_ids)`` on the
 first sample of each prompt (the same accounting as the HF backend, so strategies compare across
-backends); the part served from the prefix cache is reported separately in
-``stats.cached_prompt_tokens``. ``generated_tokens = len(completion.token_ids)`` (the EOS or the
+backends); the part served from the prefix cache (``RequestOutput.num_cached_tokens``) is reported
+separately, as ``cached_prompt_tokens`` on that same first sample and summed in
+``stats.cached_prompt_tokens``. Prefix caching is on by default (``enable_prefix_caching=True``):
+it is what makes step-by-step search prefill only new text on this backend. ``generated_tokens = len(completion.token_ids)`` (the EOS or the
 token completing a stop string included). ``logprob`` is the completion's cumulative log-prob;
 with the default ``logprobs_mode="processed_logprobs"`` it is taken after temperature/top-p,
 like the HF backend.
@@ -65,18 +67,28 @@ def completion_to_generation(completion: Any, prompt_tokens: int, decode: Callab
 
 
 def request_to_generations(request: Any, decode: Callable[[list[int]], str]) -> list[Generation]:
-    """A ``RequestOutput``'s completions in sample order; its prompt tokens on the first one."""
+    """A ``RequestOutput``'s completions in sample order; its prompt tokens (and the part of them
+    served from the prefix cache, ``num_cached_tokens``) on the first one."""
     completions = sorted(request.outputs, key=lambda c: c.index)
     plen = len(request.prompt_token_ids or [])
-    return [completion_to_generation(c, plen if k == 0 else 0, decode) for k, c in enumerate(completions)]
+    gens = [completion_to_generation(c, plen if k == 0 else 0, decode) for k, c in enumerate(completions)]
+    if gens:
+        gens[0].cached_prompt_tokens = int(getattr(request, "num_cached_tokens", 0) or 0)
+    return gens
 
 
-def prompt_seeds(seed: int | None, n_prompts: int) -> list[int | None]:
+def prompt_seeds(seed: int | Sequence[int] | None, n_prompts: int) -> list[int | None]:
     """One seed per prompt of a call, derived from the call's seed and the prompt's index, so that
     identical prompts in one call (duplicate beams, DVTS subtrees) draw different samples while the
-    call stays reproducible; None (unseeded) stays None."""
+    call stays reproducible; None (unseeded) stays None; a sequence is already one seed per prompt
+    (kept to vLLM's 30 bits)."""
     if seed is None:
         return [None] * n_prompts
+    if not isinstance(seed, int):
+        seeds = [int(x) for x in seed]
+        if len(seeds) != n_prompts:
+            raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+        return [x % (1 << 30) for x in seeds]
     out = []
     for i in range(n_prompts):
         h = hashlib.blake2b(f"{seed}\x1f{i}".encode(), digest_size=8).digest()
@@ -137,7 +149,7 @@ class VLLMGenerator:
         top_p: float = 1.0,
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> list[list[Generation]]:
         """``n`` continuations per prompt; see ``search.generation.base.Generator``."""
         stops = check_generate_args(n, temperature, top_p, max_new_tokens, stop)
@@ -160,8 +172,7 @@ class VLLMGenerator:
         requests = self.llm.generate(list(prompts), params, use_tqdm=False)
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
         results = [request_to_generations(r, decode) for r in requests]
-        cached = sum(int(getattr(r, "num_cached_tokens", 0) or 0) for r in requests)
-        self.stats.add(results, time.perf_counter() - start, cached_prompt_tokens=cached)
+        self.stats.add(results, time.perf_counter() - start)
         return results
 
 

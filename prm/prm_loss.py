@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from prm.train.loop import LOSS_WEIGHT
+
 IGNORE_LABEL = -100.0
 
 
@@ -96,8 +98,9 @@ class PRMLoss:
     neg_weight: float = 1.0
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        return bce_on_labels(token_logits_of(model, batch), batch["labels"], pos_weight=self.pos_weight,
-                             neg_weight=self.neg_weight)
+        loss, metrics = bce_on_labels(token_logits_of(model, batch), batch["labels"], pos_weight=self.pos_weight,
+                                      neg_weight=self.neg_weight)
+        return loss, {**metrics, LOSS_WEIGHT: metrics["labelled_steps"]}  # the mean is over labelled steps
 
 
 def class_weights(targets: Iterable[float | None], *, pos_weight: float | None = None,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ from prm.io import atomic_write_text, read_resumable_jsonl, write_json
 from prm.models.loading import load_causal_lm, parameter_count
 from prm.scoring.base import Scorer
 from prm.worlds import make_world
-from prm.train.loop import Callback, TrainConfig, train
+from prm.train.loop import LOSS_WEIGHT, Callback, TrainConfig, train
 from rl.losses import aggregate, clipped_policy_loss, entropy_from_logits, kl_penalty, token_logprobs
 from rl.monitor import Monitor
 from rl.prm_refresh import PRMRefresh
@@ -65,7 +66,8 @@ def grpo_loss(clip_low: float, clip_high: float, kl_coef: float, aggregation: st
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
         logp = token_logprobs(logits, ids[:, 1:])
         mask = batch["completion_mask"][:, 1:]
-        loss, stats = clipped_policy_loss(logp, batch["old_logprobs"][:, 1:], batch["advantages"][:, 1:], mask,
+        old = batch["old_logprobs"][:, 1:] if "old_logprobs" in batch else logp.detach()  # one pass: ratio 1
+        loss, stats = clipped_policy_loss(logp, old, batch["advantages"][:, 1:], mask,
                                           clip_low=clip_low, clip_high=clip_high, aggregation=aggregation)  # type: ignore[arg-type]
         metrics: dict[str, Any] = {**stats, **metrics_of(batch)}
         if kl_coef:
@@ -74,6 +76,7 @@ def grpo_loss(clip_low: float, clip_high: float, kl_coef: float, aggregation: st
             metrics["kl"] = kl.detach()
         with torch.no_grad():
             metrics["entropy"] = aggregate(entropy_from_logits(logits.detach()), mask, "token")
+            metrics[LOSS_WEIGHT] = mask.sum() if aggregation == "token" else (mask.sum(-1) > 0).sum()
         return loss, metrics
 
     return loss_fn
@@ -158,6 +161,9 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
     print("[rl] rewards: " + ", ".join(f"{rw.name} ({rw.kind}, weight {w:g})" for rw, w in rewards))
     monitor_scorer = factory() if (made or cfg.monitor.prm) and cfg.scorer.get("model_or_path") else None
     refresh = None
+    if cfg.rl.prm_refresh.enabled and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RLConfigError("rl.prm_refresh runs in one process (each process would refresh its own PRM on its own "
+                            "share of the rollouts); launch prm-rl without accelerate for the refresh")
     if cfg.rl.prm_refresh.enabled:
         knobs = {k: v for k, v in OmegaConf.to_container(cfg.rl.prm_refresh, resolve=True).items() if k != "enabled"}  # type: ignore[union-attr]
         try:

@@ -23,6 +23,11 @@ rollouts every few batches, before the batch is sampled. The state (rollout coun
 batch, the refreshed PRM) is checkpointed, so a resumed run continues with
 exactly the rollouts an uninterrupted one draws: the prompts and the sampling seed of rollout
 ``k`` depend only on (seed, k) and the weights at that point.
+
+Several processes (``accelerate launch``) share out each rollout's prompts (process r takes
+prompts r, r + P, ...; ``prompts_per_step`` is the global count) and sample each prompt with its
+own seed (its place in the rollout), so together they draw exactly the samples one process draws;
+advantages are per group (one prompt), so they stay on the process that drew it.
 """
 
 from __future__ import annotations
@@ -108,6 +113,13 @@ def step_end_tokens(tokenizer: PreTrainedTokenizerBase, gen: Generation, fmt: An
     return tokens, steps
 
 
+def process_share() -> tuple[int, int]:
+    """(this process's rank, the number of processes) of the running torch.distributed group; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def combine(values: list[list[Any]], weights: list[float]) -> list[Any]:
     """Per sample, the weighted mean of several graders' values (None if any grader gave None/NaN)."""
     total = sum(weights)
@@ -184,11 +196,17 @@ class RolloutSource:
         metrics: dict[str, float] = {}
         if self.refresh is not None and self.refresh.due(k):  # before sampling: part of the seeded sequence
             metrics.update(self.refresh.refresh())
-        tasks = self.prompts_for(k)
+        everyone = self.prompts_for(k)
+        rank, world = process_share()
+        if len(everyone) < world:
+            raise ValueError(f"rl.prompts_per_step={len(everyone)} cannot feed {world} processes")
+        mine = range(rank, len(everyone), world)  # this process's share; each prompt seeded by its place in the rollout
+        tasks = [everyone[i] for i in mine]
         gen = self.generator(model)
         prompts = [policy_prompt(t.prompt, fmt) for t in tasks]
         samples = gen.generate(prompts, n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
-                               max_new_tokens=cfg.max_new_tokens, seed=derive_seed(cfg.seed, "rl-sample", k))
+                               max_new_tokens=cfg.max_new_tokens,
+                               seed=[derive_seed(cfg.seed, "rl-sample", k, i) for i in mine])
         prompt_ids = gen.encode(prompts)
         flat = [(t, p_ids, g) for t, p_ids, gs in zip(tasks, prompt_ids, samples) for g in gs]
         rollouts = [Rollout(task=t, completion=g.text, fmt=fmt) for t, _, g in flat]
@@ -198,15 +216,15 @@ class RolloutSource:
 
         n = len(flat)
         lengths = [len(g.token_ids or []) for _, _, g in flat]
-        located = [step_end_tokens(self.tokenizer, g, fmt) for _, _, g in flat]
-        ends = [e for e, _ in located]
         adv = torch.zeros(n, max(lengths, default=0) or 1)
         valid = torch.ones(n, dtype=torch.bool)
         if outcome is not None:
             a, ok = self._outcome_advantages(outcome)
             adv += w_out * a[:, None] * (torch.arange(adv.shape[1])[None, :] < torch.tensor(lengths)[:, None])
             valid &= ok
-        if process is not None:
+        if process is not None:  # step rewards go on each step's last token: locate them on the policy's own tokens
+            located = [step_end_tokens(self.tokenizer, g, fmt) for _, _, g in flat]
+            ends = [e for e, _ in located]
             for i, (steps, (e, kept)) in enumerate(zip(process, located)):
                 if steps is None:
                     continue
@@ -223,7 +241,7 @@ class RolloutSource:
         self.rollouts_done += 1
         metrics.update({
             "rollout/completion_tokens": sum(lengths) / max(1, n),
-            "rollout/steps": sum(len(e) for e in ends) / max(1, n),
+            "rollout/steps": sum(len(r.steps) for r in rollouts) / max(1, n),
             "rollout/masked": float((~valid).sum()) / max(1, n),
         })
         batch["_metrics"] = metrics
@@ -248,8 +266,9 @@ class RolloutSource:
 
     def _tensors(self, flat: list[tuple[Task, list[int], Generation]], adv: torch.Tensor, valid: torch.Tensor,
                  model: PreTrainedModel) -> dict[str, Any]:
-        """Right-padded prompt+completion ids, the completion mask, advantages and old/ref log-probs,
-        all aligned with ``input_ids`` (position t of a per-token tensor is about token t)."""
+        """Right-padded prompt+completion ids, the completion mask, advantages, the sampling policy's log-probs
+        (only with several PPO passes: with one the loss's own are the same numbers) and the reference's (with a KL
+        penalty), all aligned with ``input_ids`` (position t of a per-token tensor is about token t)."""
         seqs = [list(p) + list(g.token_ids or []) for _, p, g in flat]
         width = max(len(s) for s in seqs)
         n = len(seqs)
@@ -266,7 +285,8 @@ class RolloutSource:
                 advantages[r, len(p) : len(p) + c] = adv[r, :c]
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attn, "completion_mask": comp,
                                  "advantages": advantages}
-        batch["old_logprobs"] = sequence_logprobs(model, ids, attn)
+        if self.cfg.ppo_epochs > 1:  # one pass: the sampling policy IS the policy being differentiated (ratio 1)
+            batch["old_logprobs"] = sequence_logprobs(model, ids, attn)
         if self.ref_model is not None:
             batch["ref_logprobs"] = sequence_logprobs(self.ref_model, ids, attn)
         return batch

@@ -36,7 +36,7 @@ from prm.io import atomic_write_text, write_json
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_causal_lm, load_tokenizer, parameter_count
 from prm.steps import PLAIN, TAGGED, StepFormat, is_answer_step, join_solution, policy_prompt, solution_prefix
 from prm.train.batching import IGNORE_INDEX, pad_collate
-from prm.train.loop import TrainConfig, load_metrics, train
+from prm.train.loop import LOSS_WEIGHT, TrainConfig, load_metrics, train
 from prm.worlds import ArithWorld, Task, World, make_world
 from search.generation.hf import HFGenerator
 
@@ -191,7 +191,7 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
                            ignore_index=IGNORE_INDEX, reduction="sum") / n
     with torch.no_grad():
         acc = ((logits.argmax(-1) == labels) & mask).sum() / n
-    return loss, {"token_acc": acc}
+    return loss, {"token_acc": acc, LOSS_WEIGHT: n}  # the mean is over target tokens
 
 
 # ---------------------------------------------------------------- model

@@ -1,13 +1,20 @@
-"""Batches with little padding: length bucketing, a padding collate, and the padding fraction.
+"""Batches with little padding: length bucketing or windows, a padding collate, the padding fraction.
 
 ``plan_batches`` turns example lengths into one epoch's list of batches (lists of example
 indices), a pure function of ``(lengths, sizes, seed, epoch)``, so a resumed run rebuilds exactly
-the batches it had and skips the ones it already consumed. ``bucketed`` (the default) shuffles
-the examples, sorts each large chunk by length, cuts it into batches of similar lengths and
-shuffles the batches; ``random`` is plain shuffled batching (for comparison); ``sequential``
-keeps the order and ``sorted`` sorts everything by length (both for evaluation). A batch holds
-``batch_size`` examples, or, with ``max_tokens``, as many as fit in ``max_tokens`` padded
-positions (longest x count; an example longer than the budget is a batch by itself).
+the batches it had and skips the ones it already consumed. ``bucketed`` and ``windowed`` shuffle
+the examples, sort each chunk of ``chunk_batches`` batches' worth by length, cut it into batches
+and shuffle the batches: ``bucketed``'s large chunks (64 batches) give batches of one length
+(least padding, but in a world where length is the kind of problem, one kind per batch);
+``windowed``'s small windows (2 batches) give batches of neighbouring lengths (several kinds per
+batch, padding between the two). Measured on PRM training from a trained policy
+(``benchmarks/trl_prm.py``), mixing is what held-out accuracy needs: local AUROC rises from
+bucketed through windows of 8, 4 and 2 batches to plain shuffled batches, and windows of 2 get
+most of the way at about half of shuffled batching's padding. ``random`` is plain shuffled
+batching (for comparison); ``sequential`` keeps the order and ``sorted`` sorts everything by
+length (both for evaluation). A batch holds ``batch_size`` examples, or, with ``max_tokens``, as
+many as fit in ``max_tokens`` padded positions (longest x count; an example longer than the
+budget is a batch by itself).
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from typing import Any, Literal
 
 import torch
 
-Strategy = Literal["bucketed", "random", "sequential", "sorted"]
+Strategy = Literal["bucketed", "windowed", "random", "sequential", "sorted"]
+STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "sequential", "sorted")
+CHUNK_BATCHES: dict[str, int] = {"bucketed": 64, "windowed": 2}  # batches' worth sorted together
 IGNORE_INDEX = -100
 
 
@@ -51,12 +60,13 @@ def plan_batches(
     seed: int = 0,
     epoch: int = 0,
     strategy: Strategy = "bucketed",
-    chunk_batches: int = 64,
+    chunk_batches: int | None = None,
 ) -> list[list[int]]:
     """One epoch of batches (lists of indices into ``lengths``); every example appears exactly once.
 
-    Deterministic per ``(seed, epoch)``. ``bucketed`` sorts within chunks of ``chunk_batches``
-    batches' worth of examples (large chunks: little padding; still random across chunks).
+    Deterministic per ``(seed, epoch)``. ``bucketed`` and ``windowed`` sort within chunks of
+    ``chunk_batches`` batches' worth of examples (None: the strategy's ``CHUNK_BATCHES``); larger
+    chunks give less padding and fewer lengths per batch.
     """
     if batch_size is None and max_tokens is None:
         raise ValueError("give batch_size or max_tokens")
@@ -74,8 +84,11 @@ def plan_batches(
     rng.shuffle(order)
     if strategy == "random":
         return _cut(order, lengths, batch_size, max_tokens)
-    if strategy != "bucketed":
-        raise ValueError(f"unknown batching strategy {strategy!r} (bucketed, random, sequential or sorted)")
+    if strategy not in CHUNK_BATCHES:
+        raise ValueError(f"unknown batching strategy {strategy!r} ({', '.join(STRATEGIES)})")
+    chunk_batches = CHUNK_BATCHES[strategy] if chunk_batches is None else chunk_batches
+    if chunk_batches < 1:
+        raise ValueError(f"chunk_batches must be >= 1 (got {chunk_batches})")
     if batch_size is not None:
         chunk = batch_size * chunk_batches
     else:  # token budget: a chunk holds about chunk_batches batches of average-length examples

@@ -5,7 +5,7 @@ a cosine/linear/constant schedule, gradient accumulation, clipping and optional 
 on ``accelerate`` (a single process on CPU; ``accelerate launch`` spreads it over GPUs unchanged).
 ``loss_fn(model, batch) -> (loss, metrics)`` is the only thing a caller writes.
 
-The data is a fixed dataset (batched here: length buckets, one order per epoch) or a
+The data is a fixed dataset (batched here by ``prm.train.batching``, one order per epoch) or a
 ``BatchSource``: a stream that makes each micro-batch from the live model (RL rollouts); its
 state (counters, RNG, a pending rollout batch) is saved in every checkpoint and restored on
 resume. ``evaluate(model) -> metrics`` replaces the loss on ``eval_data`` when given (RL's
@@ -23,6 +23,15 @@ last complete checkpoint and ends with the same parameters as an uninterrupted r
 order is a function of ``(seed, epoch)`` only, resume skips exactly the micro-batches already
 consumed, and every RNG state is restored. Metric lines written after that checkpoint are
 dropped, so ``metrics.jsonl`` never repeats a step.
+
+Several processes (``accelerate launch --num_processes P``) train exactly as one process at the
+same global batch: each global micro-batch (``batch_size`` x P examples, or ``max_tokens`` x P
+padded tokens, planned as one process would) is dealt to the processes row by row, and a loss
+that reports what its mean is over (``LOSS_WEIGHT`` in its metrics: labelled steps, target
+tokens, sequences) is rescaled by its share of the global count before DDP averages the
+gradients, so the update is the global mean's gradient whatever the shares hold. A global batch
+smaller than P examples (the last of an epoch at most) is skipped. A ``BatchSource`` deals its
+own share (``rl.rollouts`` splits each rollout's prompts).
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ class BatchSource(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+LOSS_WEIGHT = "loss_weight"  # a loss_fn metric: how many units (labelled steps, tokens, sequences) its mean is over
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 
@@ -92,7 +102,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged)
     batch_size: int | None = 32  # examples per micro-batch (per process) ...
     max_tokens: int | None = None  # ... or padded tokens per micro-batch (with batch_size: both limits)
-    batching: Literal["bucketed", "random"] = "bucketed"
+    batching: Literal["bucketed", "windowed", "random"] = "bucketed"  # see prm.train.batching
+    chunk_batches: int | None = None  # bucketed/windowed: batches' worth sorted together (None: 64/2)
     mixed_precision: Literal["no", "bf16"] = "no"
     eval_every: int = 0  # steps; 0: only at the end
     eval_batch_size: int | None = None  # None: batch_size
@@ -110,8 +121,10 @@ class TrainConfig:
             problems.append(f"schedule={self.schedule!r} (cosine, linear or constant)")
         if self.mixed_precision not in ("no", "bf16"):
             problems.append(f"mixed_precision={self.mixed_precision!r} (no or bf16)")
-        if self.batching not in ("bucketed", "random"):
-            problems.append(f"batching={self.batching!r} (bucketed or random)")
+        if self.batching not in ("bucketed", "windowed", "random"):
+            problems.append(f"batching={self.batching!r} (bucketed, windowed or random)")
+        if self.chunk_batches is not None and self.chunk_batches < 1:
+            problems.append(f"chunk_batches={self.chunk_batches} (must be >= 1)")
         if self.max_steps is None and self.epochs is None:
             problems.append("neither max_steps nor epochs is set")
         if self.max_steps is not None and self.max_steps < 0:
@@ -361,7 +374,9 @@ def train(
         raise ValueError("a fixed dataset needs collate")
     if source is not None and cfg.max_steps is None:
         raise ValueError("a stream of batches needs max_steps (it has no epochs)")
-    accelerator = Accelerator()  # mixed precision is our own autocast below, so any state is fine
+    # Mixed precision is our own autocast below, so any state is fine. Without a GPU, processes started by
+    # torchrun / ``accelerate launch --multi_gpu`` join one CPU (gloo) group; accelerate needs cpu=True for that.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     ckpt_root = run_dir / "checkpoints"
@@ -375,17 +390,22 @@ def train(
 
     lengths = [length_of(ex) for ex in train_data] if source is None else []  # type: ignore[union-attr]
 
+    global_size = cfg.batch_size * world if cfg.batch_size is not None else None
+    global_tokens = cfg.max_tokens * world if cfg.max_tokens is not None else None
+
     def epoch_plan(epoch: int) -> list[list[int]]:
-        plan = plan_batches(lengths, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
-                            seed=cfg.seed, epoch=epoch, strategy=cfg.batching)
-        if len(plan) < world:
-            raise ValueError(f"{len(plan)} batches per epoch cannot feed {world} processes; lower the batch size")
+        """One epoch of GLOBAL micro-batches (what one process at the global batch would take)."""
+        plan = plan_batches(lengths, batch_size=global_size, max_tokens=global_tokens,
+                            seed=cfg.seed, epoch=epoch, strategy=cfg.batching, chunk_batches=cfg.chunk_batches)
+        if not any(len(b) >= world for b in plan):
+            raise ValueError(f"no batch of the epoch has an example for each of {world} processes; "
+                             f"more data or a larger batch")
         return plan
 
     first_plan = epoch_plan(0) if source is None else []
-    micro_per_epoch = max(1, len(first_plan) // world)
+    micro_per_epoch = max(1, len(first_plan))
     if main and source is None:
-        shuffled = plan_batches(lengths, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens, seed=cfg.seed,
+        shuffled = plan_batches(lengths, batch_size=global_size, max_tokens=global_tokens, seed=cfg.seed,
                                 strategy="random")
         tqdm.write(f"[train] {len(train_data)} examples, {len(first_plan)} micro-batches per epoch; padding "
                    f"{padding_fraction(first_plan, lengths):.1%} ({cfg.batching}; plain shuffled batches: "
@@ -421,11 +441,19 @@ def train(
     def stream(epoch: int, index: int) -> Iterator[tuple[int, int, list[int]]]:
         while True:
             plan = epoch_plan(epoch)
-            usable = len(plan) // world
-            while index < usable:
-                yield epoch, index, plan[index * world + rank]
+            while index < len(plan):
+                if len(plan[index]) >= world:  # else too small to deal: every process skips it
+                    yield epoch, index, plan[index][rank::world]
                 index += 1
             epoch, index = epoch + 1, 0
+
+    def global_share(weight: Any) -> float:
+        """``P x local units / global units``: DDP's mean over processes then gives the global mean's gradient."""
+        if world == 1 or weight is None:
+            return 1.0
+        units = torch.tensor([_to_float(weight)], dtype=torch.float64, device=accelerator.device)
+        total = float(accelerator.reduce(units.clone(), reduction="sum").item())
+        return world * float(units.item()) / total if total > 0 else 0.0
 
     def to_device(batch: Batch) -> Batch:
         if isinstance(batch, Mapping):
@@ -458,6 +486,7 @@ def train(
                 batch = to_device(collate([eval_data[i] for i in idxs]))
                 with autocast():
                     loss, metrics = loss_fn(bare, batch)
+                metrics = {k: v for k, v in metrics.items() if k != LOSS_WEIGHT}
                 for k, v in {"loss": loss, **metrics}.items():
                     sums[k] = sums.get(k, 0.0) + _to_float(v) * len(idxs)
         n = len(eval_data)
@@ -539,7 +568,9 @@ def train(
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     with autocast():
                         loss, metrics = loss_fn(model, batch)
-                    accelerator.backward(loss / cfg.grad_accum)
+                    metrics = dict(metrics)
+                    share = global_share(metrics.pop(LOSS_WEIGHT, None))
+                    accelerator.backward(loss * share / cfg.grad_accum)
                 window.add(float(loss.detach().float().item()), metrics, batch)
                 state.epoch, state.batch_in_epoch = epoch, index + 1
             grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
@@ -643,7 +674,7 @@ def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
 def _warn_config_change(saved: Mapping[str, Any], cfg: TrainConfig, main: bool) -> None:
     """Resuming with other data-order knobs cannot reproduce the original run: say so."""
     now = _jsonable(cfg)
-    changed = [k for k in ("seed", "batch_size", "max_tokens", "grad_accum", "batching") if k in saved and saved[k] != now[k]]
+    changed = [k for k in ("seed", "batch_size", "max_tokens", "grad_accum", "batching", "chunk_batches") if k in saved and saved[k] != now[k]]
     if changed and main:
         tqdm.write(f"[train] warning: resuming with changed {changed}: the data order differs from the original run")
 

@@ -29,7 +29,7 @@ from hydra import compose, initialize_config_dir
 from prm.io import read_resumable_jsonl, write_json
 from prm.worlds import label_example, make_world
 from rl import distill
-from rl.report import _cell_intervals
+from rl.report import cell_intervals
 from search import run as search
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -42,7 +42,7 @@ def run_search(run_dir: Path, policy: Path, overrides: list[str]) -> dict[str, A
                                                        *overrides])
     t0 = time.perf_counter()
     summary = search.run(cfg)
-    ci = _cell_intervals(run_dir, summary["final"])["acc_headline"]
+    ci = cell_intervals(run_dir, summary["final"])["acc_headline"]
     return {"acc": summary["accuracy"]["all"]["headline"], "ci": list(ci), "problems": summary["problems"],
             "per_problem": summary["compute"]["per_problem"], "wall_s": time.perf_counter() - t0}
 

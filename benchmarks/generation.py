@@ -26,6 +26,7 @@ import argparse
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -129,7 +130,7 @@ def measure(label: str, work: Callable[[Callable], None], ours_run: Callable, th
             "theirs_s": t_theirs, "prompt_tok": prompt_tokens}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir", nargs="?", help="a policy directory (default: a fresh 2x128 char GPT)")
     ap.add_argument("--train-steps", type=int, default=0, help="fit the fresh model first (0 = untrained)")
@@ -142,10 +143,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (0 = torch's default; on a busy machine more threads than free "
                          "cores make tiny models much slower)")
-    args = ap.parse_args()
+    return ap
+
+
+def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The three workloads, each run by ``HFGenerator`` and by ``model.generate``; one row each."""
     if args.threads:
         torch.set_num_threads(args.threads)
-
     if args.model_dir:
         model, tok = load_causal_lm(args.model_dir)
     else:
@@ -157,26 +161,45 @@ def main() -> None:
     gen = HFGenerator(model, tok, batch_size=args.batch_size)
     prompts = [p.prompt for p in generate_problems(args.problems, ArithConfig(), seed=12345)]
     n, m = args.samples, args.max_new_tokens
-
-    rows = [
+    measured = [
         measure("full (EOS)", lambda run: run(prompts, n, m, 0), ours(gen, False), hf_generate(model, tok, gen, False), gen),
         measure("one step (\\n)", lambda run: run(prompts, n, args.step_tokens, 0), ours(gen, True),
                 hf_generate(model, tok, gen, True), gen),
         measure("stepwise (\\n)", lambda run: stepwise(run, prompts, n, args.step_tokens, args.rounds), ours(gen, True),
                 hf_generate(model, tok, gen, True), gen),
     ]
+    rows = []
+    for r in measured:
+        a, b = r["ours_tok"] / r["ours_s"], r["theirs_tok"] / r["theirs_s"]
+        rows.append({"workload": r["workload"], "HFGenerator tok/s": round(a), "generate tok/s": round(b),
+                     "ratio": round(a / b, 2), "tokens (ours / generate)": f"{r['ours_tok']:,} / {r['theirs_tok']:,}",
+                     "prompt tok (ours)": r["prompt_tok"], "s (ours / generate)": f"{r['ours_s']:.2f} / {r['theirs_s']:.2f}"})
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """For ``benchmarks/run_all.py``: the demo's trained policy if there is one, else a fresh model
+    (``quick``: 16 problems x 16 samples; otherwise the defaults, 64 x 16)."""
+    from search_throughput import default_policy
+
+    policy = default_policy()
+    argv = ([policy] if policy else []) + (["--problems", "16"] if quick else [])
+    return measure_all(parser().parse_args(argv))
+
+
+def main() -> None:
+    args = parser().parse_args()
+    rows = measure_all(args)
     policy = args.model_dir or f"fresh 2x128 char GPT, {args.train_steps} train steps"
-    print(f"\npolicy: {policy}; {args.problems} problems x {n} samples, T=1, batch_size {args.batch_size}, "
+    print(f"\npolicy: {policy}; {args.problems} problems x {args.samples} samples, T=1, batch_size {args.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
     head = f"| {'workload':<15} | {'HFGenerator tok/s':>17} | {'generate tok/s':>14} | {'ratio':>5} | " \
            f"{'tokens (ours / generate)':>24} | {'prompt tok (ours)':>17} | {'s (ours / generate)':>19} |"
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for r in rows:
-        a, b = r["ours_tok"] / r["ours_s"], r["theirs_tok"] / r["theirs_s"]
-        print(f"| {r['workload']:<15} | {a:>17,.0f} | {b:>14,.0f} | {a / b:>5.2f} | "
-              f"{r['ours_tok']:>11,} / {r['theirs_tok']:<10,} | {r['prompt_tok']:>17,} | "
-              f"{r['ours_s']:>8.2f} / {r['theirs_s']:<8.2f} |")
+        print(f"| {r['workload']:<15} | {r['HFGenerator tok/s']:>17,} | {r['generate tok/s']:>14,} | {r['ratio']:>5.2f} | "
+              f"{r['tokens (ours / generate)']:>24} | {r['prompt tok (ours)']:>17,} | {r['s (ours / generate)']:>19} |")
 
 
 if __name__ == "__main__":

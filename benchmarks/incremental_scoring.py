@@ -12,7 +12,9 @@ variants score exactly the same tree (no policy, no trained PRM needed). Variant
 - ``c incremental``: ``start`` once, then one ``extend`` call per round: only the new step's
   tokens run, on the parents' KV caches.
 
-The PRM is a tiny 2-layer 128-dim GPT (untrained: timing only). Usage::
+``PRM tok / final tok``: PRM tokens run per token of the last round's candidates (prompt and
+steps), i.e. per token a single scoring of the final beams would cost. The PRM is a tiny 2-layer
+128-dim GPT (untrained: timing only). Usage::
 
     python benchmarks/incremental_scoring.py [--lengths 4 8] [--problems 16] [--beams 16] [--threads 1]
 """
@@ -23,6 +25,7 @@ import argparse
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -99,29 +102,19 @@ def run_incremental(scorer: PRMScorer, prompts, rounds) -> list[list[float]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lengths", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--problems", type=int, default=16)
-    ap.add_argument("--beams", type=int, default=16)
-    ap.add_argument("--expand", type=int, default=4)
-    ap.add_argument("--corrupt", type=float, default=0.3)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per (problem length, variant); ``PRM tok / final tok`` divides the PRM tokens run by
+    the tokens of the last round's candidates (prompt and all steps: what scoring them once costs)."""
     torch.set_num_threads(args.threads)
     model, tok = build_prm(size=TinyGPTConfig(n_layer=2, n_embd=128, n_head=4, n_positions=256), seed=0)
     variants = [("a per-prefix", run_per_prefix, 1), ("b batched", run_batched, args.batch_size),
                 ("c incremental", run_incremental, args.batch_size)]
-    print(f"{args.problems} problems x {args.beams} beams (keep {args.beams // args.expand}, expand {args.expand}), "
-          f"steps + 1 answer round, {args.threads} thread(s), device {args.device}")
-    print(f"| ops | variant | scorer calls | PRM tokens | wall s | tokens/s | tokens vs c | time vs c | max diff vs b |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for length in args.lengths:
         prompts, rounds = build_tree(length, args.problems, args.beams, args.expand, args.corrupt, args.seed)
-        PRMScorer(model, tok, device=args.device).score(prompts[:4], [[n.steps] for n in rounds[-1][:4]])  # warm-up
+        final = PRMScorer(model, tok, batch_size=args.batch_size, device=args.device)
+        final.score([prompts[n.problem] for n in rounds[-1]], [[n.steps] for n in rounds[-1]])  # also a warm-up
+        final_tokens = final.stats.tokens_processed
         results = {}
         for name, fn, bs in variants:
             scorer = PRMScorer(model, tok, batch_size=bs, device=args.device)
@@ -132,8 +125,41 @@ def main() -> None:
         _, c_tokens, c_time, _ = results["c incremental"]
         for name, (scores, tokens, wall, calls) in results.items():
             diff = max(abs(x - y) for x, y in zip([v for r in scores for v in r], base))
-            print(f"| {length} | {name} | {calls} | {tokens} | {wall:.2f} | {tokens / wall:,.0f} | "
-                  f"{tokens / c_tokens:.2f}x | {wall / c_time:.2f}x | {diff:.1e} |")
+            rows.append({"ops": length, "variant": name, "scorer calls": calls, "PRM tokens": tokens,
+                         "PRM tok / final tok": round(tokens / final_tokens, 2), "wall s": round(wall, 2),
+                         "tokens/s": round(tokens / wall), "tokens vs c": f"{tokens / c_tokens:.2f}x",
+                         "time vs c": f"{wall / c_time:.2f}x", "max diff vs b": f"{diff:.1e}"})
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--beams", type=int, default=16)
+    ap.add_argument("--expand", type=int, default=4)
+    ap.add_argument("--corrupt", type=float, default=0.3)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """For ``benchmarks/run_all.py``: the default workload (``quick``: 8 problems, 4 operations only)."""
+    return measure(parser().parse_args(["--problems", "8", "--lengths", "4"] if quick else []))
+
+
+def main() -> None:
+    args = parser().parse_args()
+    print(f"{args.problems} problems x {args.beams} beams (keep {args.beams // args.expand}, expand {args.expand}), "
+          f"steps + 1 answer round, {args.threads} thread(s), device {args.device}")
+    rows = measure(args)
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|---" * len(rows[0]) + "|")
+    for row in rows:
+        print("| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()) + " |")
 
 
 if __name__ == "__main__":

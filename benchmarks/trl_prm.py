@@ -10,7 +10,9 @@ fresh token-classification head:
 - ``ours``: ``prm.prm_train.run`` composed with Hydra overrides (``data=stepwise``, ``init_from``,
   no validation split, no periodic eval or checkpoint; the loop still writes one final checkpoint
   and the model, which only the ``call s`` column pays for). One logit per token, BCE at the token
-  of the separator after each step, length-bucketed batches.
+  of the separator after each step, batches by ``train.batching`` (conf/prm_train.yaml's, or
+  ``--batching``; ``--extra ours-bucketed ours-windowed ours-random`` add rows with the others,
+  ``--windows 2 8`` rows of windowed batching with other window sizes).
 - ``trl``: ``trl.experimental.prm.PRMTrainer`` (up to TRL 1.13; older releases export it as
   ``trl.PRMTrainer``; TRL 1.14.2 and 1.16 no longer have it) with ``PRMConfig``: the same
   max_steps, batch size, lr, warm-up, cosine-to-10% schedule (``cosine_warmup_with_min_lr``),
@@ -39,7 +41,9 @@ Needs TRL for the benchmark only (never a project dependency)::
 
     pip install --no-deps "trl==1.13.0"
     OMP_NUM_THREADS=1 python benchmarks/trl_prm.py [--steps 300] [--batch-size 32] [--threads 1]
-        [--extra trl-gradckpt trl-grouped ours-random]
+        [--extra trl-gradckpt trl-grouped ours-bucketed ours-windowed ours-random] [--windows 2 8]
+
+``run(quick)`` is the same comparison for ``benchmarks/run_all.py``.
 """
 
 from __future__ import annotations
@@ -72,10 +76,12 @@ from prm.evaluation.metrics import auroc, local_auroc
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, load_tokenizer, parameter_count, save_model
 from prm.models.prm_model import load_prm
 from prm.models.tokenizer import build_char_tokenizer
-from prm.prm_train import CONF_DIR, encode_examples, predict_logits, run
+from prm import prm_train
+from prm.prm_train import CONF_DIR, encode_examples, predict_logits
 from prm.steps import StepFormat
 
-EXTRAS = ("trl-gradckpt", "trl-grouped", "ours-random")
+OURS = ("bucketed", "windowed", "random")
+EXTRAS = ("trl-gradckpt", "trl-grouped", *(f"ours-{s}" for s in OURS))
 
 
 @dataclass
@@ -121,7 +127,7 @@ def make_backbone(args: argparse.Namespace, root: Path) -> Path:
 
 
 def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_dir: Path,
-               held_out: list[StepwiseExample], batching: str, name: str) -> Result:
+               held_out: list[StepwiseExample], batching: str, name: str, chunk_batches: int | None = None) -> Result:
     overrides = [
         "data=stepwise", f"data.path={data_path}", f"init_from={backbone}", f"run_dir={run_dir}",
         "val_fraction=0", f"seed={args.seed}",
@@ -130,7 +136,7 @@ def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_di
         "train.weight_decay=0.1", "train.betas=[0.9,0.95]", "train.max_grad_norm=1.0", "train.grad_accum=1",
         f"train.batching={batching}", "train.mixed_precision=no", "train.eval_every=0", "train.save_every=0",
         f"train.log_every={args.log_every}", f"train.seed={args.seed}", "train.max_time_s=null",
-        "train.progress=false",
+        "train.progress=false", f"++train.chunk_batches={'null' if chunk_batches is None else chunk_batches}",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose(config_name="prm_train", overrides=overrides)
@@ -147,7 +153,7 @@ def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_di
     out = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out):
-        summary = run(cfg, callbacks=[callback])
+        summary = prm_train.run(cfg, callbacks=[callback])
     call_s = time.perf_counter() - t0
     if args.verbose:
         print(out.getvalue(), end="")
@@ -288,7 +294,7 @@ def compare_layouts(backbone: Path, held_out: list[StepwiseExample], max_length:
 # ---------------------------------------------------------------- main
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps of each trainer")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -305,11 +311,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--batching", default=None, choices=OURS,
+                    help="batching of the first (reference) row: default conf/prm_train.yaml's train.batching")
     ap.add_argument("--extra", nargs="*", default=[], choices=EXTRAS,
                     help="more rows: TRL with gradient checkpointing (PRMConfig's default), TRL with "
-                    "length-grouped sampling, ours with plain shuffled batches")
+                    "length-grouped sampling, ours with another batching strategy")
+    ap.add_argument("--windows", nargs="*", type=int, default=[],
+                    help="more rows: ours with windowed batching sorting N batches' worth together (default 2)")
     ap.add_argument("--verbose", action="store_true", help="show both trainers' own logs")
-    args = ap.parse_args()
+    return ap
+
+
+def default_batching() -> str:
+    """``train.batching`` of conf/prm_train.yaml (what ``prm-train`` uses unless told otherwise)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return str(compose(config_name="prm_train").train.batching)
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
+    """Train every row on the same data and backbone; the results (ours first) and the header lines."""
     torch.set_num_threads(args.threads)
     if not args.verbose:
         import datasets
@@ -320,6 +340,7 @@ def main() -> None:
         datasets.disable_progress_bars()
     _, _, trl_version = import_trl()
     world = ArithConfig()
+    batching = args.batching or default_batching()
 
     with tempfile.TemporaryDirectory(prefix="trl-prm-bench-") as tmp:
         root = Path(tmp)
@@ -333,7 +354,7 @@ def main() -> None:
         context = getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", None)
         shape = f"{lm.config.model_type}, {parameter_count(lm):,} parameters, context {context}"
         del lm
-        results: list[Result] = [train_ours(args, data_path, backbone, root / "ours", held_out, "bucketed", "ours")]
+        results = [train_ours(args, data_path, backbone, root / "ours", held_out, batching, f"ours ({batching})")]
         results.append(train_trl(args, data_path, backbone, root / "trl", held_out, "trl"))
         if "trl-gradckpt" in args.extra:
             results.append(train_trl(args, data_path, backbone, root / "trl-gc", held_out, "trl, grad ckpt",
@@ -341,9 +362,13 @@ def main() -> None:
         if "trl-grouped" in args.extra:
             results.append(train_trl(args, data_path, backbone, root / "trl-grp", held_out, "trl, group_by_length",
                                      grouped=True))
-        if "ours-random" in args.extra:
-            results.append(train_ours(args, data_path, backbone, root / "ours-rnd", held_out, "random",
-                                      "ours, random batches"))
+        for strategy in OURS:
+            if f"ours-{strategy}" in args.extra and strategy != batching:
+                results.append(train_ours(args, data_path, backbone, root / f"ours-{strategy}", held_out, strategy,
+                                          f"ours ({strategy})"))
+        for window in args.windows:
+            results.append(train_ours(args, data_path, backbone, root / f"ours-w{window}", held_out, "windowed",
+                                      f"ours (windowed, {window} batches)", chunk_batches=window))
         layouts = compare_layouts(backbone, held_out, context)
 
     size = (f"--backbone {args.backbone} ({shape})" if args.backbone else
@@ -354,24 +379,68 @@ def main() -> None:
     # level has learned the position prior, not the arithmetic
     prior = Result("step index", 0, 0, 0, 0, 0, [[-float(i) for i in range(len(r))] for r in first.labels],
                    first.labels, math.nan)
-    print(f"world ArithConfig() defaults; {args.train_problems} train problems (seed {args.seed}), "
-          f"{args.eval_problems} held-out (seed {args.seed + 1000}), 1 injected-error solution each; "
-          f"backbone {size}; lr {args.lr:g}, warm-up {args.warmup}, cosine to 10%, AdamW (0.9, 0.95) wd 0.1, "
-          f"clip 1.0, fp32; {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); "
-          f"torch {torch.__version__}, TRL {trl_version}")
-    print(f"held-out: {first.n_steps} labelled steps ({n_pos} on track); {layouts}; "
-          f"step-index-only baseline: step AUROC {prior.step_auroc():.4f}, local AUROC {prior.local_auroc():.4f}")
-    print()
-    print("| trainer | steps | batch | train wall s (loop) | steps/s | call s | tokens | padding | final train loss "
-          "| step AUROC | local AUROC | time ratio vs ours |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    base = first.loop_s
+    header = [
+        f"world ArithConfig() defaults; {args.train_problems} train problems (seed {args.seed}), "
+        f"{args.eval_problems} held-out (seed {args.seed + 1000}), 1 injected-error solution each; "
+        f"backbone {size}; {args.steps} steps x {args.batch_size}, lr {args.lr:g}, warm-up {args.warmup}, cosine to "
+        f"10%, AdamW (0.9, 0.95) wd 0.1, clip 1.0, fp32; {args.threads} thread(s) "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); torch {torch.__version__}, TRL {trl_version}",
+        f"held-out: {first.n_steps} labelled steps ({n_pos} on track); {layouts}; "
+        f"step-index-only baseline: step AUROC {prior.step_auroc():.4f}, local AUROC {prior.local_auroc():.4f}",
+    ]
+    return results, header
+
+
+def rows(results: list[Result], batch_size: int) -> list[dict[str, Any]]:
+    """One dict per trainer: the table's columns (times relative to the first row, ours)."""
+    base = results[0].loop_s
+    out = []
     for r in results:
-        pad = 1.0 - r.tokens / r.padded if r.padded else float("nan")
-        note = "" if r.n_steps == first.n_steps else f" ({r.n_steps} steps!)"
-        print(f"| {r.name} | {r.steps} | {args.batch_size} | {r.loop_s:.1f} | {r.steps / r.loop_s:.2f} | "
-              f"{r.call_s:.1f} | {r.tokens:,} | {pad:.1%} | {r.final_loss:.4f} | {r.step_auroc():.4f}{note} | "
-              f"{r.local_auroc():.4f} | {r.loop_s / base:.2f}x |")
+        note = "" if r.n_steps == results[0].n_steps else f" ({r.n_steps} steps!)"
+        out.append({
+            "trainer": r.name, "steps": r.steps, "batch": batch_size, "train wall s (loop)": round(r.loop_s, 1),
+            "steps/s": round(r.steps / r.loop_s, 2), "call s": round(r.call_s, 1), "tokens": r.tokens,
+            "padding": 1.0 - r.tokens / r.padded if r.padded else float("nan"), "final train loss": r.final_loss,
+            "step AUROC": f"{r.step_auroc():.4f}{note}", "local AUROC": round(r.local_auroc(), 4),
+            "time ratio vs ours": round(r.loop_s / base, 2),
+        })
+    return out
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """prm-train (default batching) against TRL's PRMTrainer, for ``benchmarks/run_all.py``.
+
+    Starts from the trained policy of a demo run when there is one (``/work/demo_runs/*/sft/model``
+    or ``runs/*/sft/model``), else a fresh tiny GPT-2 (then local AUROC is near 0.5 for both).
+    ``quick``: 200 steps x 32 on 3000 problems; otherwise 1000 steps x 64 on 16000.
+    """
+    from search_throughput import default_policy
+
+    policy = default_policy()
+    argv = ["--steps", "200", "--train-problems", "3000"] if quick else \
+        ["--steps", "1000", "--batch-size", "64", "--train-problems", "16000", "--eval-problems", "500"]
+    if policy:
+        argv += ["--backbone", policy]
+    args = parser().parse_args(argv)
+    results, header = measure(args)
+    print("\n".join(header))
+    return rows(results, args.batch_size)
+
+
+def main() -> None:
+    args = parser().parse_args()
+    results, header = measure(args)
+    print("\n".join(header))
+    print()
+    table = rows(results, args.batch_size)
+    print("| " + " | ".join(table[0]) + " |")
+    print("|---" * len(table[0]) + "|")
+    for row in table:
+        cells = [f"{v:.1%}" if k == "padding" else f"{v:.4f}" if k == "final train loss" else
+                 f"{v:.2f}x" if k == "time ratio vs ours" else f"{v:,}" if k == "tokens" else str(v)
+                 for k, v in row.items()]
+        print("| " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()

@@ -7,13 +7,18 @@ Stages (each the same code as its own entry point, run in-process on a composed 
 3. ``test``       sample 16 solutions per held-out problem: the policy's own accuracy table
 4. ``prm``        train the PRM from the policy's backbone (``prm-train``)
 5. ``eval_*``     evaluate the PRM, the exact oracle and the policy-likelihood reranker (``prm-eval``),
-                  and which kinds of first error (systematic, slip, ...) the PRM and the likelihood catch
+                  and which kinds of first error (systematic, slip, ...) the PRM and the likelihood catch;
+   ``mc_labels``  Monte-Carlo step labels of training samples against the exact ones, k = 1, 2, 4
+                  (``prm-sample labeller=mc``)
 6. ``sweep``      greedy, majority, best-of-N, weighted best-of-N, beam and lookahead at budgets up to 64
                   (``prm-sweep``)
-7. ``rl_*``       RL from the SFT policy at equal rollouts (``prm-rl``), one stage per entry of
+7. ``distill*``  one round of expert iteration (``prm-distill``): the teacher (policy + PRM search) on
+                  training problems, the policy fine-tuned on its correct choices, and policy, teacher and
+                  student on the same held-out problems
+8. ``rl_*``       RL from the SFT policy at equal rollouts (``prm-rl``), one stage per entry of
                   ``stages.rl``: outcome-only GRPO, the PRM alone as the reward (gamed: its reward rises
                   while true accuracy falls), and a process reward that is not gamed
-8. ``report.md``  the tables and plots
+9. ``report.md``  the tables and plots
 
 A stage whose config is unchanged is reused (``prm.runs``); an interrupted stage resumes where
 its own entry point does. The world's knobs are the ``data`` group's (``conf/data/arith.yaml``)
@@ -95,6 +100,39 @@ def error_kinds(run_dir: Path, cfg: DictConfig, evals: dict[str, str]) -> dict[s
     return out
 
 
+def distill_stages(run_dir: Path, cfg: DictConfig, world: list[str], policy: str, prm_model: str) -> dict[str, Any]:
+    """One round of expert iteration: the teacher searches training problems, ``prm-distill`` fine-tunes the policy on
+    its correct choices; the policy (greedy), the teacher and the student (greedy) on the same held-out problems."""
+    from rl import distill
+    from search import run as search
+
+    s = cfg.stages
+    prm = f"scorer.model_or_path={prm_model}"
+    greedy = ["search=greedy", "scorer=random"]
+    out = {"distill_teacher": run_stage("distill_teacher", "search", [
+        *world, f"policy={policy}", prm, *s.distill_train, *s.distill_search], search.run, run_dir, after=("sft", "prm"))}
+    def distill_or_skip(stage_cfg: DictConfig) -> dict[str, Any]:
+        try:
+            return distill.run(stage_cfg)
+        except distill.DistillError as e:  # e.g. a policy that never answers: the report says why
+            print(f"[demo] distill: skipped: {e}")
+            return {"skipped": str(e)}
+
+    out["distill"] = run_stage("distill", "distill", [
+        *world, f"results=[{run_dir / 'distill_teacher'}]", f"student={policy}", *s.distill], distill_or_skip, run_dir,
+        after=("sft", "distill_teacher"))
+    out["distill_eval_teacher"] = run_stage("distill_eval_teacher", "search", [
+        *world, f"policy={policy}", prm, *s.distill_eval, *s.distill_search], search.run, run_dir, after=("sft", "prm"))
+    out["distill_eval_policy"] = run_stage("distill_eval_policy", "search", [
+        *world, f"policy={policy}", *s.distill_eval, *greedy], search.run, run_dir, after=("sft",))
+    if "skipped" in out["distill"]:
+        return out
+    out["distill_eval_student"] = run_stage("distill_eval_student", "search", [
+        *world, f"policy={out['distill']['student_model']}", *s.distill_eval, *greedy], search.run, run_dir,
+        after=("distill",))
+    return out
+
+
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="demo")
 def main(cfg: DictConfig) -> None:
     from prm import prm_eval, prm_train
@@ -132,10 +170,15 @@ def main(cfg: DictConfig) -> None:
         "scorer=likelihood", f"scorer.model_or_path={policy}", f"scorer.style={cfg.data.format}", test_samples,
         *s.eval], prm_eval.run, run_dir,
         after=("sft", "test"))
+    if s.get("mc_labels") is not None:
+        summaries["mc_labels"] = run_stage("mc_labels", "sample", [*world, f"policy={policy}", *s.mc_labels], sample.run,
+                                           run_dir, after=("sft",))
     summaries["error_kinds"] = error_kinds(run_dir, cfg, {"PRM": "eval_prm", "likelihood": "eval_likelihood"})
     summaries["sweep"] = run_stage("sweep", "sweep", [
         *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.sweep], sweep.run, run_dir,
         after=("sft", "prm"))
+    if s.get("distill") is not None:
+        summaries.update(distill_stages(run_dir, cfg, world, policy, prm_model))
     for name, overrides in (s.get("rl") or {}).items():
         summaries[name] = run_stage(name, "rl", [
             *world, f"policy={policy}", f"scorer.model_or_path={prm_model}", *s.rl_common, *overrides], grpo.run,

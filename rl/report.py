@@ -18,6 +18,7 @@ from prm.data.stepwise import StepwiseExample, read_stepwise
 from prm.evaluation.metrics import bootstrap_ci
 from prm.io import atomic_write_text, read_resumable_jsonl
 from prm.worlds import Task
+from search.mc_labels import format_quality
 
 
 def _f(x: Any) -> str:
@@ -130,7 +131,7 @@ def selection_table(sel: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _cell_intervals(cell_dir: Path, final: str) -> dict[str, tuple[float, float]]:
+def cell_intervals(cell_dir: Path, final: str) -> dict[str, tuple[float, float]]:
     """95% intervals of each final rule's accuracy (and pass) over a cell's problems (error records excluded)."""
     recs = [r for r in read_resumable_jsonl(cell_dir / "results.jsonl") if not r.get("error")]
     out = {f"acc_{rule}": bootstrap_ci([float(bool(r["correct"][rule])) for r in recs])
@@ -147,7 +148,7 @@ def sweep_table(csv_path: Path) -> list[str]:
     with csv_path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("status") == "done"]
     for r in rows:
-        r["_ci"] = _cell_intervals(csv_path.parent / "cells" / r["cell"], r.get("final") or "prm")  # type: ignore[assignment]
+        r["_ci"] = cell_intervals(csv_path.parent / "cells" / r["cell"], r.get("final") or "prm")  # type: ignore[assignment]
     cols = [("strategy", "strategy"), ("n", "N"), ("acc_headline", "accuracy"), ("acc_prm", "PRM best"),
             ("acc_majority", "majority"), ("acc_weighted_majority", "PRM-weighted majority"), ("acc_pass", "pass@N"),
             ("generated_tokens_per_problem", "generated tok/problem"), ("prm_tokens_per_problem", "PRM tok/problem"),
@@ -180,6 +181,39 @@ def rl_table(stages: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def mc_section(summary: dict[str, Any]) -> list[str]:
+    """Monte-Carlo labels against the exact ones (``search.mc_labels.format_quality``'s table)."""
+    quality = (summary.get("mc") or {}).get("quality")
+    if not quality or not quality.get("by_k"):
+        return []
+    return ["### Monte-Carlo step labels against the exact labels", "",
+            "Hard label: any of k completions from the step's prefix reaches the right answer (Math-Shepherd's HE); "
+            "soft: the fraction that does. A false positive is a wrong step from which the policy still reached the "
+            "right answer; intervals are 95% bootstrap intervals over problems.", "",
+            "```", format_quality(quality), "```", ""]
+
+
+def distill_table(run_dir: Path, summaries: dict[str, Any]) -> list[str]:
+    """Policy greedy, the teacher system and the distilled student on the same held-out problems (95% intervals)."""
+    rows = [("policy (greedy)", "distill_eval_policy"), ("teacher: policy + PRM search", "distill_eval_teacher"),
+            ("student after one round (greedy)", "distill_eval_student")]
+    acc: dict[str, float] = {}
+    lines = ["| model | held-out accuracy | generated tokens/problem | PRM tokens/problem |", "|---|---|---|---|"]
+    for label, stage in rows:
+        summary = summaries[stage]
+        acc[stage] = float(summary["accuracy"]["all"]["headline"])
+        ci = cell_intervals(run_dir / stage, summary["final"])["acc_headline"]
+        per = summary["compute"]["per_problem"]
+        lines.append(f"| {label} | {_ci(acc[stage], ci)} | {_f(per.get('generated_tokens'))} | "
+                     f"{_f(per.get('prm_tokens'))} |")
+    base, teacher, student = acc["distill_eval_policy"], acc["distill_eval_teacher"], acc["distill_eval_student"]
+    counts = summaries["distill"]["counts"]
+    kept = f"{(student - base) / (teacher - base):.2f}" if teacher != base else "n/a"
+    return [*lines, "", f"Distilled examples: {counts.get('kept')} of {counts.get('problems')} training problems "
+            f"(filter {summaries['distill'].get('filter')}); share of the teacher's gain the student keeps at greedy "
+            f"cost: {kept} ((student - policy) / (teacher - policy), one seed)."]
+
+
 def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> Path:
     """Write ``run_dir/report.md`` from the stages' summaries; returns its path."""
     sft = summaries["sft"]
@@ -206,10 +240,14 @@ def write_report(run_dir: Path, summaries: dict[str, Any], cfg: DictConfig) -> P
         "before it: the policy's likelihood spots random slips, the PRM must add the systematic mistakes "
         "the policy makes confidently.", "",
         *error_kind_table(summaries["error_kinds"]), "",
+        *(mc_section(summaries["mc_labels"]) if "mc_labels" in summaries else []),
         "### Best-of-N over the held-out samples (PRM ranking, majority, weighted majority, likelihood, oracle)", "",
         *selection_table(selections["PRM"]), "",
         "## Search sweep", "",
         *sweep_table(run_dir / "sweep" / "sweep.csv"), "",
+        *(["## Distillation: search back into the policy (one round of expert iteration)", "",
+            *(distill_table(run_dir, summaries) if "distill_eval_student" in summaries
+              else [f"Skipped: {summaries['distill'].get('skipped')}"]), ""] if "distill" in summaries else []),
         *(["## RL from the SFT policy (held-out monitor)", "",
             "Equal rollouts per stage. The PRM's reward next to true accuracy: a PRM being gamed shows its reward "
             "rising while true accuracy and exact process correctness fall.", "",

@@ -15,9 +15,15 @@ TINY = [
     "'model.n_embd=32','model.n_head=2','eval_problems=10','train.eval_every=0','train.save_every=0']",
     "stages.prm_data=['split=train','n_problems=12','k=2','greedy=false','problem_seed=2000']",
     "stages.test=['n_problems=8','k=4','problem_seed=1000']",
+    "stages.mc_labels=['split=train','n_problems=4','k=2','greedy=false','problem_seed=5000','labeller=mc','mc.k=2']",
     "stages.prm=['train.max_steps=10','train.max_time_s=null','train.eval_every=0','train.save_every=0']",
     "stages.sweep=['n_problems=4','sweep.max_n=4','problems_per_call=4','sweep.strategies.dvts.m=2',"
     "'sweep.strategies.beam.m=2']",
+    "stages.distill_search=['search=weighted_majority','search.n=2']",
+    "stages.distill_train=['split=train','n_problems=6','problem_seed=3000']",
+    "stages.distill=['+experiment=distill_rounds','sft.train.max_steps=2','sft.train.warmup_steps=0',"
+    "'filter=none']",
+    "stages.distill_eval=['split=test','n_problems=4','problem_seed=1000']",
     "stages.rl_common=['train.max_steps=2','train.eval_every=2','train.save_every=0','monitor.n_problems=4',"
     "'monitor.samples=2','rl.prompts_per_step=2','rl.group_size=2','rl.n_train_problems=20','train.progress=false']",
 ]
@@ -29,6 +35,7 @@ def _demo(run_dir: Path, *extra: str, tiny: list[str] = TINY) -> subprocess.Comp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
     run = tmp_path / "demo"
     first = _demo(run)
@@ -36,13 +43,15 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
     report = (run / "report.md").read_text()
     for section in ("## Policy", "## PRM", "## Search sweep", "| majority@4 |", "within-problem AUROC",
                     "| policy likelihood |", "### What each scorer catches", "| (right steps) |",
-                    "## RL from the SFT policy", "| rl_prm_only | 2 |", "oracle (exact labels) (min, N=4)"):
+                    "## RL from the SFT policy", "| rl_prm_only | 2 |", "oracle (exact labels) (min, N=4)",
+                    "### Monte-Carlo step labels against the exact labels",
+                    "## Distillation: search back into the policy"):
         assert section in report
     assert (run / "sweep" / "sweep.csv").exists() and (run / "prm" / "model" / "config.json").exists()
     second = _demo(run)
     assert second.returncode == 0, second.stderr[-3000:]
-    for stage in ("sft", "prm_data", "test", "prm", "eval_prm", "eval_oracle", "eval_likelihood", "sweep",
-                  "rl_outcome", "rl_prm_only", "rl_prm_min"):
+    for stage in ("sft", "prm_data", "test", "prm", "eval_prm", "eval_oracle", "eval_likelihood", "mc_labels", "sweep",
+                  "distill_teacher", "distill", "rl_outcome", "rl_prm_only", "rl_prm_min"):
         assert f"[demo] {stage}: reusing" in second.stdout
     # a retrained PRM (same path, new config) re-runs what reads it, moves the old run aside, reuses the rest
     third = _demo(run, tiny=[t.replace("train.max_steps=10", "train.max_steps=11") for t in TINY])
@@ -57,6 +66,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_demo_runs_in_the_tagged_format(tmp_path: Path) -> None:
     """``data.format=tagged`` reaches every stage: the policy, its samples, the PRM's saved format, search and RL."""
     import json

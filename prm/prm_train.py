@@ -13,10 +13,20 @@ with no label left is dropped and counted), train with the project's one loop
 it) and ``run_dir/train_summary.json`` (data counts, final losses, validation step accuracy and
 AUROC). Re-running in the same ``run_dir`` resumes.
 
+``labels`` chooses what the model is trained on (``prm.data.stepwise.relabel``): ``process`` (the
+data's own step labels), ``exact`` / ``mc_hard`` / ``mc_soft`` (the per-step lists a
+``prm-sample labeller=mc`` file carries), or outcome supervision, an ORM (Lightman et al. 2023):
+``outcome_all`` (every step carries the final answer's correctness) or ``outcome_last`` (only the
+last step does). The choice is saved in the model's config (``prm_labels``), and for an ORM the
+aggregation its scores call for (``prm_aggregation: last``, the score of the final step), which
+``PRMScorer`` uses when it is given no aggregation.
+
     prm-train                                             # runs/sample/samples.jsonl, tiny PRM
     prm-train init_from=runs/sft/model                    # start from the policy's backbone
     prm-train data.path=runs/prm_data/samples.jsonl balance=true
     prm-train data=prm800k data.path=/data/prm800k/phase2_train.jsonl init_from=/models/my-lm
+    prm-train data.path=runs/mc_data/samples.jsonl labels=mc_soft     # soft Monte-Carlo labels
+    prm-train labels=outcome_all init_from=runs/sft/model run_dir=runs/orm   # an outcome reward model
 """
 
 from __future__ import annotations
@@ -39,15 +49,23 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.data.arith import ArithConfig, generate_dataset
 from prm.data.errors import DataError, SkipReport
-from prm.data.prm800k import PRM800KOptions, read_prm800k
-from prm.data.stepwise import StepwiseExample, read_stepwise
+from prm.data.prm800k import PRM800KOptions, parse_record
+from prm.data.stepwise import (
+    LABEL_CHOICES,
+    OUTCOME_CHOICES,
+    StepwiseExample,
+    outcome_label,
+    read_jsonl,
+    read_stepwise,
+    relabel,
+)
 from prm.evaluation.metrics import auroc, local_auroc
 from prm.io import atomic_write_text, write_json
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_tokenizer, parameter_count
 from prm.models.prm_inputs import encode_steps
 from prm.models.prm_model import build_prm
 from prm.prm_loss import PRMLoss, class_weights, flat_targets, prm_collate, token_logits_of
-from prm.steps import StepFormat, save_step_format
+from prm.steps import PLAIN, StepFormat, save_step_format
 from prm.train.loop import Callback, TrainConfig, train
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -67,8 +85,13 @@ def require(node: DictConfig, key: str, where: str, what: str) -> None:
 # ---------------------------------------------------------------- data
 
 
-def load_examples(data_cfg: DictConfig) -> tuple[list[StepwiseExample], SkipReport]:
-    """The stepwise examples of the ``data`` group: ``stepwise`` JSONL, ``prm800k`` or ``arith``."""
+def load_examples(data_cfg: DictConfig, labels: str = "process",
+                  fmt: StepFormat = PLAIN) -> tuple[list[StepwiseExample], SkipReport]:
+    """The stepwise examples of the ``data`` group (``stepwise`` JSONL, ``prm800k`` or ``arith``) with
+    the ``labels`` to train on (``prm.data.stepwise.relabel``, applied as each record is read, so a
+    record that lacks them is an error naming its file, line and field)."""
+    if labels not in LABEL_CHOICES:
+        raise PRMTrainConfigError(f"labels={labels!r} is not one of {', '.join(LABEL_CHOICES)}")
     source = data_cfg.get("source")
     report = SkipReport()
     skip = bool(data_cfg.get("skip_invalid", False))
@@ -78,8 +101,15 @@ def load_examples(data_cfg: DictConfig) -> tuple[list[StepwiseExample], SkipRepo
             cfg = ArithConfig.from_dict(world)
         except (TypeError, ValueError) as e:
             raise PRMTrainConfigError(f"data.world: {e}") from e
-        return generate_dataset(int(data_cfg.n_problems), cfg, int(data_cfg.seed),
-                                int(data_cfg.get("samples_per_problem", 1))), report
+        generated = generate_dataset(int(data_cfg.n_problems), cfg, int(data_cfg.seed),
+                                     int(data_cfg.get("samples_per_problem", 1)))
+        out = []
+        for i, ex in enumerate(generated):
+            try:
+                out.append(relabel(ex, labels, fmt))
+            except DataError as e:
+                raise DataError(e.message, path="<data=arith>", line=i + 1, field=e.field) from None
+        return out, report
     if source not in ("stepwise", "prm800k"):
         raise PRMTrainConfigError(f"data.source={source!r} is not supported by prm-train "
                                   "(use data=stepwise, data=prm800k or data=arith)")
@@ -96,12 +126,25 @@ def load_examples(data_cfg: DictConfig) -> tuple[list[StepwiseExample], SkipRepo
                                   drop_screening=bool(data_cfg.get("drop_screening", False)))
         except ValueError as e:
             raise PRMTrainConfigError(f"data: {e}") from e
-        examples = read_prm800k(path, opts, skip_invalid=skip, report=report)
+        per_line = read_jsonl(path, lambda obj, line: [relabel(ex, labels, fmt) for ex in
+                                                       parse_record(obj, opts, path=path, line=line)],
+                              skip_invalid=skip, report=report)
+        examples = [ex for exs in per_line for ex in exs]
     else:
-        examples = read_stepwise(path, skip_invalid=skip, report=report)
+        examples = read_stepwise(path, skip_invalid=skip, report=report, transform=lambda ex: relabel(ex, labels, fmt))
     if not examples:
         raise DataError("no usable records", path=path)
     return examples, report
+
+
+def outcome_sources(examples: Sequence[StepwiseExample], fmt: StepFormat) -> dict[str, int]:
+    """How many examples took their outcome from each source (``prm.data.stepwise.outcome_label``)."""
+    counts: dict[str, int] = {}
+    for ex in examples:
+        if ex.completions:
+            source = outcome_label(ex, fmt)[1]
+            counts[source] = counts.get(source, 0) + 1
+    return counts
 
 
 def problem_groups(examples: Sequence[StepwiseExample]) -> list[int]:
@@ -302,7 +345,7 @@ def _clean(v: Any) -> Any:
 def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Everything ``prm-train`` does, callable in-process; returns the summary it writes."""
     OmegaConf.set_struct(cfg, True)
-    main_process = PartialState().is_main_process
+    main_process = PartialState(cpu=not torch.cuda.is_available()).is_main_process
     log = print if main_process else (lambda *a, **k: None)
     run_dir = Path(cfg.run_dir)
     try:
@@ -316,12 +359,16 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
         raise PRMTrainConfigError(f"separator: {e}") from e
 
     # data first: a wrong path fails before any model is built
-    examples, report = load_examples(cfg.data)
+    labels = str(cfg.get("labels") or "process")
+    examples, report = load_examples(cfg.data, labels, fmt)
     if report.skipped:
         log(f"[prm-train] {report.summary()}")
     train_ex, val_ex = split_by_problem(examples, float(cfg.val_fraction), int(cfg.split_seed))
 
     model, tok = build_model(cfg)
+    model.config.prm_labels = labels  # saved with the model: what it learned to predict ...
+    if labels in OUTCOME_CHOICES:  # ... and, for an ORM, the aggregation PRMScorer uses by default
+        model.config.prm_aggregation = "last"
     backbone = backbone_dir(cfg)
     log(f"[prm-train] PRM: {parameter_count(model):,} parameters ({type(model).__name__}), "
         f"{'backbone from ' + backbone if backbone else 'from scratch'}")
@@ -342,7 +389,11 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
                         f"{train_st.dropped_no_label - train_st.dropped_by_truncation} unlabelled)")
     log(f"[prm-train] {len(train_data)} training / {len(val_data)} validation examples; training steps: "
         f"{train_st.labelled} labelled ({train_st.positive} positive, {train_st.negative} negative, "
-        f"{train_st.soft} soft), {train_st.unlabelled} unlabelled")
+        f"{train_st.soft} soft), {train_st.unlabelled} unlabelled; labels={labels}")
+    sources = outcome_sources(examples, fmt) if labels in OUTCOME_CHOICES else None
+    if sources is not None and sources.get("answer_step_label"):
+        log(f"[prm-train] outcomes: {sources.get('correct', 0)} from the records' 'correct' field, "
+            f"{sources['answer_step_label']} from the answer step's label (no 'correct' field)")
 
     pos_cfg = cfg.get("pos_weight")
     try:
@@ -373,6 +424,8 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
         "elapsed_s": round(result.elapsed_s, 1),
         "parameters": parameter_count(model),
         "init_from": backbone,
+        "labels": labels,
+        "outcome_from": sources,
         "model_dir": str(result.model_dir),
         "max_length": max_length,
         "n_train": len(train_data),

@@ -43,7 +43,15 @@ from transformers import AutoModel, DynamicCache, PreTrainedModel, PreTrainedTok
 from prm.models.loading import ModelLoadError, check_model_dir, load_causal_lm, load_tokenizer, model_and_tokenizer
 from prm.models.prm_inputs import EncodedSteps
 from prm.models.prm_model import load_prm
-from prm.scoring.base import Prefix, ScorerBase, Timer, check_extend_args, check_score_args, eval_inference
+from prm.scoring.base import (
+    Prefix,
+    ScorerBase,
+    Timer,
+    check_aggregation,
+    check_extend_args,
+    check_score_args,
+    eval_inference,
+)
 from prm.scoring.conventions import Convention, StepReader
 from prm.steps import StepFormat, load_step_format
 
@@ -65,6 +73,12 @@ def load_scoring_model(path: str | Path, kind: str, dtype: torch.dtype = torch.f
     p = check_model_dir(path)
     model = AutoModel.from_pretrained(str(p), dtype=dtype, trust_remote_code=True, local_files_only=True)
     return model, load_tokenizer(p)
+
+
+def saved_aggregation(model: PreTrainedModel) -> str | None:
+    """The aggregation saved in a PRM's config by prm-train (``prm_aggregation``; None when there is none)."""
+    how = getattr(model.config, "prm_aggregation", None)
+    return str(how) if how else None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -141,6 +155,8 @@ class PRMScorer(ScorerBase):
     ``separator`` / ``style``: None reads the format saved with the PRM (``step_format.json``,
     written by prm-train; ``"\n"`` when there is none); a value that differs from the saved
     format is a clear error, never a silent re-split.
+    ``aggregation``: None takes the one saved with the model (``prm_aggregation`` in its config:
+    prm-train writes ``last`` for an outcome reward model), else ``min``; a value given wins.
     """
 
     def __init__(
@@ -149,7 +165,7 @@ class PRMScorer(ScorerBase):
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
         convention: str | Convention = "token_head",
-        aggregation: str = "min",
+        aggregation: str | None = None,
         batch_size: int = 64,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
@@ -168,7 +184,8 @@ class PRMScorer(ScorerBase):
         system_prompt: str | None = None,
         trust_remote_code: bool = False,
     ) -> None:
-        super().__init__(aggregation)
+        if aggregation is not None:
+            check_aggregation(aggregation)  # fail before loading anything
         saved = load_step_format(model_or_path if isinstance(model_or_path, (str, Path)) else
                                  getattr(getattr(model_or_path, "config", None), "_name_or_path", None))
         self.saved_format = saved
@@ -187,6 +204,7 @@ class PRMScorer(ScorerBase):
         model, tokenizer = model_and_tokenizer(
             "PRMScorer", model_or_path, tokenizer, dtype,
             lambda path, dt: load_scoring_model(path, conv.kind, dt, trust_remote_code))
+        super().__init__(aggregation or saved_aggregation(model) or "min")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         if not 0.0 <= truncated_score <= 1.0:
@@ -359,4 +377,4 @@ class PRMScorer(ScorerBase):
         return eval_inference(self.model)
 
 
-__all__ = ["PRMScorer", "common_prefix", "load_scoring_model"]
+__all__ = ["PRMScorer", "common_prefix", "load_scoring_model", "saved_aggregation"]

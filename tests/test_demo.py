@@ -41,6 +41,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
     first = _demo(run)
     assert first.returncode == 0, first.stderr[-3000:]
     report = (run / "report.md").read_text()
+    import json  # the demo's default format: chain of thought in reasoning tags, in every stage
+
+    assert json.loads((run / "test" / "stage.json").read_text())["config"]["data"]["format"] == "tagged"
     for section in ("## Policy", "## PRM", "## Search sweep", "| majority@4 |", "within-problem AUROC",
                     "| policy likelihood |", "### What each scorer catches", "| (right steps) |",
                     "## RL from the SFT policy", "| rl_prm_only | 2 |", "oracle (exact labels) (min, N=4)",
@@ -67,16 +70,17 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_demo_runs_in_the_tagged_format(tmp_path: Path) -> None:
-    """``data.format=tagged`` reaches every stage: the policy, its samples, the PRM's saved format, search and RL."""
+def test_demo_runs_in_the_plain_format_too(tmp_path: Path) -> None:
+    """The demo's default is the tagged format; ``data.format=plain`` reaches every stage: the policy, its samples, the
+    PRM's saved format, search and RL."""
     import json
 
-    run = tmp_path / "tagged"
-    done = _demo(run, "data.format=tagged")
+    run = tmp_path / "plain"
+    done = _demo(run, "data.format=plain")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((run / "prm" / "model" / "step_format.json").read_text())["style"] == "tagged"
+    assert json.loads((run / "prm" / "model" / "step_format.json").read_text())["style"] == "plain"
     cfg = json.loads((run / "test" / "stage.json").read_text())["config"]
-    assert cfg["data"]["format"] == "tagged"
+    assert cfg["data"]["format"] == "plain"
     record = json.loads((run / "sweep" / "cells" / "beam-N4-s0" / "results.jsonl").read_text().splitlines()[0])
-    assert all(c["text"].startswith("<reasoning>\n") for c in record["candidates"])
-    assert json.loads((run / "rl_outcome" / "stage.json").read_text())["config"]["data"]["format"] == "tagged"
+    assert not any("<reasoning>" in c["text"] for c in record["candidates"])
+    assert json.loads((run / "rl_outcome" / "stage.json").read_text())["config"]["data"]["format"] == "plain"

@@ -171,7 +171,16 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
         except (TypeError, ValueError) as e:
             raise RLConfigError(str(e)) from e
         monitor_scorer = refresh.scorer  # the monitor reads the refreshed PRM too
-    source = RolloutSource(world, train_draw.tasks, tok, rewards, rollout, advantage, ref_model=ref, refresh=refresh)
+    make_engine = None
+    if str(r.get("generator", "hf")) == "vllm":  # a vLLM engine samples; the new weights are loaded before each rollout
+        from search.generation.vllm_backend import VLLMGenerator
+
+        vllm_kwargs = OmegaConf.to_container(r.vllm, resolve=True) if r.get("vllm") else {}
+        make_engine = lambda: VLLMGenerator(model_path=str(cfg.policy), **vllm_kwargs)  # type: ignore[arg-type]  # noqa: E731
+    elif str(r.get("generator", "hf")) != "hf":
+        raise RLConfigError(f"rl.generator must be hf or vllm (got {r.generator!r})")
+    source = RolloutSource(world, train_draw.tasks, tok, rewards, rollout, advantage, ref_model=ref, refresh=refresh,
+                           make_engine=make_engine)
     monitor = Monitor(world, held_out.tasks, tok, monitor_scorer, samples=int(cfg.monitor.samples),
                       temperature=rollout.temperature, max_new_tokens=rollout.max_new_tokens,
                       seed=int(cfg.monitor.seed))

@@ -33,7 +33,7 @@ advantages are per group (one prompt), so they stay on the process that drew it.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from rl.advantages import grpo_advantages, min_form_advantages, process_advantag
 from rl.losses import token_logprobs
 from rl.prm_refresh import PRMRefresh
 from rl.rewards import Reward, Rollout
-from search.generation.base import Generation
+from search.generation.base import Generation, Generator
 from search.generation.hf import HFGenerator
 from search.loop import derive_seed
 
@@ -144,7 +144,7 @@ class RolloutSource:
     def __init__(self, world: World, tasks: Sequence[Task], tokenizer: PreTrainedTokenizerBase,
                  rewards: Sequence[tuple[Reward, float]], rollout: RolloutConfig, advantage: AdvantageConfig,
                  ref_model: PreTrainedModel | None = None, generator_batch_size: int = 512,
-                 refresh: PRMRefresh | None = None) -> None:
+                 refresh: PRMRefresh | None = None, make_engine: Callable[[], Any] | None = None) -> None:
         if not tasks:
             raise ValueError("no training problems for RL")
         if not rewards:
@@ -158,7 +158,8 @@ class RolloutSource:
         self.generator_batch_size = generator_batch_size
         self.rollouts_done = 0
         self.batch: dict[str, Any] | None = None
-        self._generator: HFGenerator | None = None
+        self.make_engine = make_engine  # e.g. a VLLMGenerator on the policy's directory (``update_weights``)
+        self._generator: Generator | None = None
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
 
@@ -184,8 +185,15 @@ class RolloutSource:
         rng = random.Random(derive_seed(self.cfg.seed, "rl-prompts", k))
         return [self.tasks[i] for i in rng.sample(range(len(self.tasks)), self.cfg.prompts_per_step)]
 
-    def generator(self, model: PreTrainedModel) -> HFGenerator:
-        if self._generator is None or self._generator.model is not model:
+    def generator(self, model: PreTrainedModel) -> Generator:
+        """The live policy's sampler: the HF backend on the model itself, or the configured engine (vLLM) with
+        the model's current weights loaded before every rollout."""
+        if self.make_engine is not None:
+            if self._generator is None:
+                self._generator = self.make_engine()
+            self._generator.update_weights(model.state_dict().items())  # type: ignore[union-attr]
+            return self._generator
+        if self._generator is None or self._generator.model is not model:  # type: ignore[union-attr]
             self._generator = HFGenerator(model, self.tokenizer, device=next(model.parameters()).device,
                                           batch_size=self.generator_batch_size)
         return self._generator
@@ -207,7 +215,8 @@ class RolloutSource:
         samples = gen.generate(prompts, n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
                                max_new_tokens=cfg.max_new_tokens,
                                seed=[derive_seed(cfg.seed, "rl-sample", k, i) for i in mine])
-        prompt_ids = gen.encode(prompts)
+        prompt_ids = gen.encode(prompts) if isinstance(gen, HFGenerator) else [  # an engine tokenizes as the tokenizer does
+            list(x) for x in self.tokenizer(list(prompts))["input_ids"]]
         flat = [(t, p_ids, g) for t, p_ids, gs in zip(tasks, prompt_ids, samples) for g in gs]
         rollouts = [Rollout(task=t, completion=g.text, fmt=fmt) for t, _, g in flat]
         outcome, process, w_out, w_proc = self._grade(rollouts, metrics)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from search.generation.base import (
@@ -174,6 +174,16 @@ class VLLMGenerator:
         results = [request_to_generations(r, decode) for r in requests]
         self.stats.add(results, time.perf_counter() - start)
         return results
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Load new weights into the engine (RL: the policy after an update; names as in the Hugging Face
+        model's ``state_dict``) and drop the prefix cache, whose keys/values the old weights computed."""
+        weights = [(name, tensor.detach()) for name, tensor in named_tensors]
+        if hasattr(self.llm, "apply_model"):  # vLLM >= 0.9: runs on every worker of the engine
+            self.llm.apply_model(lambda model: model.load_weights(weights))
+        else:  # older engines: the driver worker's model (in-process executor)
+            self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(weights)
+        self.llm.reset_prefix_cache()
 
 
 __all__ = ["INSTALL_HINT", "VLLMGenerator", "prompt_seeds", "completion_to_generation", "request_to_generations"]

@@ -288,6 +288,14 @@ def test_from_pretrained_and_context_limit(tmp_path: Path, random_lm) -> None:
         gen.generate(["x" * 127])
 
 
+def test_rows_finished_at_the_context_limit_wait_without_overflowing_positions(random_lm) -> None:
+    # One prompt reaches the context limit long before the other finishes; with compaction off, its finished row keeps
+    # running until the batch ends and must not index past the model's position table.
+    gen = HFGenerator(*random_lm, compact_fraction=0.9)  # 2 of 4 rows finished: no compaction
+    out = gen.generate(["x" * 120, "y"], n=2, max_new_tokens=60, seed=0)
+    assert all(s.generated_tokens <= 7 for s in out[0])
+
+
 def test_stats_accumulate() -> None:
     stats = GenerationStats()
     gens = [[Generation("a\n", "\n", 5, 2), Generation("b", "eos", 0, 2)]]

@@ -519,6 +519,8 @@ class HFGenerator:
                         x[keep] for x in (rows, sample_of, nxt, attn, pos, limit, alive))
             attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)
             pos = pos + 1
+            if self.max_positions is not None:  # rows that finished at the context limit wait for compaction here;
+                pos = pos.clamp(max=self.max_positions - 1)  # their outputs are dropped, live rows never reach it
             logits, cache = self._forward(nxt[:, None], attn, pos, cache)
         if store is not None:
             self._store_samples(store, cache, torch.arange(len(sample_of), device=dev), sample_of, prompt_ids, n,

@@ -97,3 +97,21 @@ def test_group_option_composes(rel: Path) -> None:
     OmegaConf.resolve(cfg)
     node = OmegaConf.select(cfg, group.replace("/", "."))
     assert node is not None, f"{rel} did not land under '{group}'"
+
+
+@pytest.mark.parametrize("fmt", ["plain", "tagged"])
+def test_default_sampling_budgets_fit_the_default_worlds_longest_solution(fmt: str) -> None:
+    """prm-sample's and prm-rl's max_new_tokens must hold a whole right solution of the longest default problem in
+    either format (the character tokenizer: one token per character, plus EOS); 64 cut tagged solutions of 4+
+    operations before their answer, which silently turned the tagged demo's samples and RL rewards into failures."""
+    from prm.data.arith import solution_text
+    from prm.worlds import make_world
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        sample = compose(config_name="sample", overrides=[f"data.format={fmt}"])
+        rl = compose(config_name="rl", overrides=[f"data.format={fmt}"])
+    world = make_world(sample.data)
+    draw = world.problems("train", 300, 0)
+    longest = max(len(solution_text(t.data, world.fmt)) for t in draw.tasks) + 1  # + EOS
+    assert world.fmt.style == fmt
+    assert longest <= int(sample.max_new_tokens) and longest <= int(rl.rl.max_new_tokens), longest

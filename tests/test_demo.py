@@ -31,11 +31,11 @@ TINY = [
 
 def _demo(run_dir: Path, *extra: str, tiny: list[str] = TINY) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rl.demo", f"run_dir={run_dir}", *tiny, *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2400)
 def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
     run = tmp_path / "demo"
     first = _demo(run)
@@ -69,7 +69,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_demo_runs_in_the_plain_format_too(tmp_path: Path) -> None:
     """The demo's default is the tagged format; ``data.format=plain`` reaches every stage: the policy, its samples, the
     PRM's saved format, search and RL."""

@@ -278,7 +278,10 @@ def test_a_bigger_prm_trained_longer_checks_steps_well(tmp_path: Path) -> None:
     # step: measured step AUROC 0.834 and local AUROC 0.782 after 1500 steps (0.844 step AUROC after 2500, val
     # loss rising: longer training overfits 3000 problems), against 0.691 for step position alone. Before, without
     # answer steps, 0.85 / 0.8 held. The bounds keep a margin for thread-count numerics.
-    s, position = _learn(tmp_path, "model.n_layer=2", "model.n_embd=64", "train.max_steps=1500", seed=3)
+    # Measured with length-bucketed batches; with prm-train's default windowed batches this from-scratch run reached
+    # 0.786 step AUROC (one seed; from the policy's backbone, windowed batches did better: benchmarks/README.md).
+    s, position = _learn(tmp_path, "model.n_layer=2", "model.n_embd=64", "train.max_steps=1500", "train.batching=bucketed",
+                         seed=3)
     assert s["val_step_auroc"] > 0.8 and s["val_step_auroc"] > position + 0.1, (s["val_step_auroc"], position)
     assert s["val_local_auroc"] > 0.75, s["val_local_auroc"]
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,25 @@ def mark_stage_done(stage_dir: str | Path, config: dict[str, Any], **info: Any) 
 def stage_info(stage_dir: str | Path) -> dict[str, Any]:
     """What ``mark_stage_done`` recorded for a finished stage."""
     return json.loads((Path(stage_dir) / MARKER).read_text())
+
+
+def cached_stage(stage_dir: str | Path, config: dict[str, Any], run: Callable[[], dict[str, Any]], label: str,
+                 what: str = "") -> dict[str, Any]:
+    """``run()``'s summary, or the recorded one when ``stage_dir`` finished with exactly ``config``; a folder of
+    another config is moved aside first. ``label`` prefixes the messages (e.g. ``"[demo] sft"``); ``what`` says
+    what runs. The summary and the wall time are recorded with the config."""
+    stage_dir = Path(stage_dir)
+    if stage_done(stage_dir, config):
+        print(f"{label}: reusing {stage_dir}")
+        return stage_info(stage_dir)["summary"]
+    moved = begin_stage(stage_dir, config)
+    if moved is not None:
+        print(f"{label}: its config changed; the previous run was moved to {moved}")
+    print(f"{label}: running{f' ({what})' if what else ''} in {stage_dir}")
+    t0 = time.perf_counter()
+    summary = run()
+    mark_stage_done(stage_dir, config, summary=summary, wall_time_s=time.perf_counter() - t0)
+    return summary
 
 
 def model_fingerprint(path: str | Path | None) -> str | None:

@@ -37,7 +37,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from prm.runs import begin_stage, mark_stage_done, stage_done, stage_info
+from prm.runs import cached_stage, stage_info
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -71,17 +71,7 @@ def run_stage(name: str, config_name: str, overrides: list[str], fn: Callable[[D
     key.pop("progress", None)
     if after:
         key["after"] = {a: stage_info(run_dir / a)["config"] for a in after}
-    if stage_done(stage_dir, key):
-        print(f"[demo] {name}: reusing {stage_dir}")
-        return stage_info(stage_dir)["summary"]
-    moved = begin_stage(stage_dir, key)
-    if moved is not None:
-        print(f"[demo] {name}: its config changed; the previous run was moved to {moved}")
-    print(f"[demo] {name}: running ({config_name}) in {stage_dir}")
-    t0 = time.perf_counter()
-    summary = fn(cfg)
-    mark_stage_done(stage_dir, key, summary=summary, wall_time_s=time.perf_counter() - t0)
-    return summary
+    return cached_stage(stage_dir, key, lambda: fn(cfg), f"[demo] {name}", config_name)
 
 
 def error_kinds(run_dir: Path, cfg: DictConfig, evals: dict[str, str]) -> dict[str, Any]:

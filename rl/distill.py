@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from prm.data.errors import DataError
 from prm.io import atomic_write_text, read_resumable_jsonl, write_json, write_jsonl
 from prm.models.loading import ModelLoadError
-from prm.runs import begin_stage, mark_stage_done, model_fingerprint, stage_done, stage_info
+from prm.runs import cached_stage, model_fingerprint
 from prm.steps import StepFormat, policy_prompt
 from prm.voting import answer_classes
 from prm.worlds import World, heldout, make_world
@@ -266,15 +266,7 @@ def train_student(cfg: DictConfig, data_path: Path, run_dir: Path) -> dict[str, 
     assert isinstance(resolved, dict)
     resolved["train"].pop("progress", None)  # a progress bar does not change the student
     key = {"sft": resolved, "data": file_digest(data_path), "student_fingerprint": model_fingerprint(cfg.student)}
-    if stage_done(stage_dir, key):
-        print(f"[distill] student: reusing {stage_dir} (same data, config and starting model)")
-        return stage_info(stage_dir)["summary"]
-    moved = begin_stage(stage_dir, key)
-    if moved is not None:
-        print(f"[distill] student: data or config changed; the previous run was moved to {moved}")
-    summary = sft.run(sft_cfg)
-    mark_stage_done(stage_dir, key, summary=summary)
-    return summary
+    return cached_stage(stage_dir, key, lambda: sft.run(sft_cfg), "[distill] student", "prm-sft")  # same data, config, start
 
 
 # ---------------------------------------------------------------- the app

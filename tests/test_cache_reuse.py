@@ -16,8 +16,8 @@ from types import SimpleNamespace as NS
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
 
+from conftest import bpe_tokenizer
 from prm.data.arith import ARITH_FORMAT, ArithConfig, generate_problems, sample_training_solution
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, load_causal_lm
 from prm.models.prm_model import build_prm
@@ -32,12 +32,7 @@ from search.strategies import make_strategy
 SIZE = TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=256)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one torch thread
 
 
 def _fit(model: torch.nn.Module, rows: list[list[int]], pad: int, steps: int, lr: float = 1e-2) -> None:
@@ -174,18 +169,10 @@ def test_prefix_cache_trie_matches_splits_and_evicts() -> None:
 
 @pytest.fixture(scope="module")
 def bpe_lm():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     rng = random.Random(0)
     corpus = ["".join(rng.choice(["ab.\n\n", "cd.\n", "e.\n\n\n", "ab", ".\n", "\n\n", "ba"]) for _ in range(40))
               for _ in range(200)]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
+    tok = bpe_tokenizer(corpus)
     model = build_tiny_gpt(tok, SIZE, seed=0)
     _fit(model, [tok(t)["input_ids"][:40] for t in corpus[:32]], tok.pad_token_id, steps=40, lr=3e-2)
     return model, tok

@@ -16,11 +16,11 @@ import torch
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
 
+from conftest import bpe_tokenizer
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, load_causal_lm, save_model
 from prm.models.tokenizer import build_char_tokenizer
 from search.generation import Generation, GenerationStats, Generator, HFGenerator, cut_at_stop, prompt_token_count
@@ -29,14 +29,7 @@ SIZE = TinyGPTConfig(n_layer=1, n_embd=32, n_head=2, n_positions=128)
 PROMPTS = ["Q: 1+2\n", "Q: 3*4-5+6\n", "ab", "Q: 9*9*9*9*9*9*9\n"]  # different lengths: left padding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine a second thread waiting
-    for a core makes every op hundreds of times slower; restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one torch thread
 
 
 def _fit(model: torch.nn.Module, ids: list[list[int]], steps: int, lr: float = 3e-2) -> None:
@@ -310,18 +303,10 @@ def test_stats_accumulate() -> None:
 
 @pytest.fixture(scope="module")
 def bpe_lm():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     rng = random.Random(0)
     corpus = ["".join(rng.choice(["ab.\n\n", "cd.\n", "e.\n\n\n", "ab", ".\n", "\n\n"]) for _ in range(40))
               for _ in range(200)]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
+    tok = bpe_tokenizer(corpus)
     model = build_tiny_gpt(tok, SIZE, seed=0)
     _fit(model, [tok(t)["input_ids"][:40] for t in corpus[:32]], steps=40)
     return model, tok

@@ -49,12 +49,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "scorer"
 SIZE = TinyGPTConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models on one torch thread
 
 
 def _flat(x):

@@ -70,18 +70,25 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from prm import prm_train
 from prm.data.arith import ArithConfig, generate_dataset
 from prm.data.stepwise import StepwiseExample, load_stepwise_dataset, write_stepwise
 from prm.evaluation.metrics import auroc, local_auroc
-from prm.models.loading import TinyGPTConfig, build_tiny_gpt, load_tokenizer, parameter_count, save_model
+from prm.models.loading import (
+    TinyGPTConfig,
+    build_tiny_gpt,
+    fuse_activations,
+    load_tokenizer,
+    parameter_count,
+    save_model,
+)
 from prm.models.prm_model import load_prm
 from prm.models.tokenizer import build_char_tokenizer
-from prm import prm_train
 from prm.prm_train import CONF_DIR, encode_examples, predict_logits
 from prm.steps import StepFormat
 
 OURS = ("bucketed", "windowed", "random")
-EXTRAS = ("trl-gradckpt", "trl-grouped", *(f"ours-{s}" for s in OURS))
+EXTRAS = ("trl-gradckpt", "trl-grouped", "trl-fused", *(f"ours-{s}" for s in OURS))
 
 
 @dataclass
@@ -203,8 +210,11 @@ def trl_layout(tokenize_row: Any, tok: Any, ex: StepwiseExample, max_length: int
 
 def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir: Path,
               held_out: list[StepwiseExample], name: str, *, gradient_checkpointing: bool = False,
-              grouped: bool = False) -> Result:
-    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+              grouped: bool = False, fused: bool = False) -> Result:
+    from transformers import (
+        AutoModelForTokenClassification,
+        DataCollatorForTokenClassification,
+    )
 
     PRMConfig, PRMTrainer, _ = import_trl()
     tok = load_tokenizer(backbone)
@@ -212,6 +222,8 @@ def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         model = AutoModelForTokenClassification.from_pretrained(str(backbone), num_labels=2, local_files_only=True)
+    if fused:  # the fused GELU that every model of ours gets (prm.models.loading.fuse_activations)
+        fuse_activations(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     max_length = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
@@ -315,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
                     help="batching of the first (reference) row: default conf/prm_train.yaml's train.batching")
     ap.add_argument("--extra", nargs="*", default=[], choices=EXTRAS,
                     help="more rows: TRL with gradient checkpointing (PRMConfig's default), TRL with "
-                    "length-grouped sampling, ours with another batching strategy")
+                    "length-grouped sampling, TRL on the fused GELU our models get, ours with another batching strategy")
     ap.add_argument("--windows", nargs="*", type=int, default=[],
                     help="more rows: ours with windowed batching sorting N batches' worth together (default 2)")
     ap.add_argument("--verbose", action="store_true", help="show both trainers' own logs")
@@ -359,6 +371,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
         if "trl-gradckpt" in args.extra:
             results.append(train_trl(args, data_path, backbone, root / "trl-gc", held_out, "trl, grad ckpt",
                                      gradient_checkpointing=True))
+        if "trl-fused" in args.extra:
+            results.append(train_trl(args, data_path, backbone, root / "trl-fused", held_out, "trl, fused GELU",
+                                     fused=True))
         if "trl-grouped" in args.extra:
             results.append(train_trl(args, data_path, backbone, root / "trl-grp", held_out, "trl, group_by_length",
                                      grouped=True))

@@ -13,12 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForTokenClassification, Cache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForTokenClassification,
+    Cache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from prm.models.loading import (
     ModelLoadError,
     TinyGPTConfig,
     check_model_dir,
+    fuse_activations,
     load_tokenizer,
     save_model,
     tiny_gpt_config,
@@ -69,7 +76,7 @@ def build_prm(
             model = AutoModelForTokenClassification.from_config(config)
     if model.config.pad_token_id is None and tok.pad_token_id is not None:
         model.config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return fuse_activations(model), tok
 
 
 def load_prm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -79,7 +86,7 @@ def load_prm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[P
         model = AutoModelForTokenClassification.from_pretrained(str(p), dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load a PRM from {p}: {e}") from e
-    return model, load_tokenizer(p)
+    return fuse_activations(model), load_tokenizer(p)
 
 
 def save_prm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:

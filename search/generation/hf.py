@@ -71,6 +71,7 @@ from search.generation.base import (
     cut_at_stop,
 )
 
+
 def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
     uniforms: torch.Tensor | None = None,
@@ -539,19 +540,31 @@ class HFGenerator:
     @staticmethod
     def _past(reused: Sequence[tuple[_Node | None, int]], past: int) -> DynamicCache:
         """The rows' reused keys/values (``reused``: the node and token count ``PrefixCache.match``
-        gave), each left-padded to ``past`` tokens, as one batched cache."""
+        gave), each left-padded to ``past`` tokens, as one batched cache.
+
+        Gathered with one concatenation and one indexed copy per layer (not one copy per row and
+        segment): the segments of all rows are listed once, their tokens' destination slots
+        (row, column) computed once."""
         ref = next(node for node, c in reused if c > 0)
         assert ref is not None
-        keys = [k.new_zeros((len(reused), k.shape[0], past, k.shape[2])) for k in ref.keys]
-        values = [v.new_zeros((len(reused), v.shape[0], past, v.shape[2])) for v in ref.values]
+        segs: list[tuple[_Segment, int]] = []
+        slots: list[torch.Tensor] = []
         for r, (node, c) in enumerate(reused):
-            at = past - c
-            for seg, take in _pieces(node, c):
-                for li in range(len(keys)):
-                    keys[li][r, :, at : at + take] = seg.keys[li][:, :take]
-                    values[li][r, :, at : at + take] = seg.values[li][:, :take]
-                at += take
-        return DynamicCache(ddp_cache_data=list(zip(keys, values)))
+            if c > 0:
+                segs += _pieces(node, c)
+                slots.append(torch.arange(r * past + past - c, (r + 1) * past))
+        index = torch.cat(slots).to(ref.keys[0].device)
+        heads, dim = ref.keys[0].shape[0], ref.keys[0].shape[2]
+        layers = []
+        for li in range(len(ref.keys)):
+            pair = []
+            for kind in ("keys", "values"):
+                src = torch.cat([getattr(seg, kind)[li][:, :take] for seg, take in segs], dim=1)  # [heads, tokens, dim]
+                flat = src.new_zeros((len(reused) * past, heads, dim))
+                flat[index] = src.transpose(0, 1)
+                pair.append(flat.view(len(reused), past, heads, dim).transpose(1, 2).contiguous())
+            layers.append((pair[0], pair[1]))
+        return DynamicCache(ddp_cache_data=layers)
 
     @classmethod
     def _store_samples(cls, store: PrefixCache, cache: Any, batch_rows: torch.Tensor, sample_of: torch.Tensor,

@@ -170,7 +170,7 @@ class VLLMGenerator:
             logprobs=0,  # the sampled token's log-prob only
         ) for s in prompt_seeds(seed, len(prompts))]
         requests = self.llm.generate(list(prompts), params, use_tqdm=False)
-        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)
         results = [request_to_generations(r, decode) for r in requests]
         self.stats.add(results, time.perf_counter() - start)
         return results
@@ -186,4 +186,4 @@ class VLLMGenerator:
         self.llm.reset_prefix_cache()
 
 
-__all__ = ["INSTALL_HINT", "VLLMGenerator", "prompt_seeds", "completion_to_generation", "request_to_generations"]
+__all__ = ["INSTALL_HINT", "VLLMGenerator", "completion_to_generation", "prompt_seeds", "request_to_generations"]

@@ -21,7 +21,8 @@ from conftest import bpe_tokenizer
 from prm.data.arith import ARITH_FORMAT, ArithConfig, generate_problems, sample_training_solution
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, load_causal_lm
 from prm.models.prm_model import build_prm
-from prm.scoring.prm_scorer import PRMScorer, common_prefix
+from prm.models.kv_segments import common_prefix
+from prm.scoring.prm_scorer import PRMScorer
 from search.accounting import Compute
 from search.generation import Generation, GenerationStats, HFGenerator, cache_scope
 from search.generation.hf import PrefixCache

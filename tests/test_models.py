@@ -91,3 +91,27 @@ def test_any_local_hf_model_directory_loads_through_the_same_function(tmp_path: 
     assert type(model).__name__ == "LlamaForCausalLM"
     ids = torch.tensor([loaded_tok(TEXT).input_ids])
     assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
+
+
+def test_loaded_models_use_the_fused_gelu_with_the_same_outputs(tmp_path: Path) -> None:
+    """Every model we build or load runs torch's fused tanh-GELU; the function (and the saved config) is GPT-2's."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from prm.models.prm_model import build_prm, load_prm
+
+    model, tok = load_causal_lm(size=TinyGPTConfig(n_layer=2, n_embd=32, n_head=2), seed=0)
+    assert all(isinstance(b.mlp.act, GELUTanh) for b in model.transformer.h)
+    save_model(model, tok, tmp_path / "lm")
+    assert AutoModelForCausalLM.from_pretrained(str(tmp_path / "lm")).config.activation_function == "gelu_new"
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "lm"))
+    assert isinstance(plain.transformer.h[0].mlp.act, NewGELUActivation)
+    loaded, _ = load_causal_lm(tmp_path / "lm")
+    assert isinstance(loaded.transformer.h[0].mlp.act, GELUTanh)
+    x = torch.randint(4, len(tok), (3, 20))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).logits, plain(x).logits, atol=1e-5)
+    prm, _ = build_prm(tmp_path / "lm", extra_layers=1)
+    assert all(isinstance(b.mlp.act, GELUTanh) for b in prm.transformer.h)
+    save_model(prm, tok, tmp_path / "prm")
+    reloaded, _ = load_prm(tmp_path / "prm")
+    assert all(isinstance(b.mlp.act, GELUTanh) for b in reloaded.transformer.h)

@@ -26,6 +26,7 @@ from transformers import (
 
 from prm.worlds import make_world
 from prm.data.arith import ArithConfig, Problem, generate_dataset, label_solution
+from prm.models.kv_segments import common_prefix
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, tiny_gpt_config
 from prm.models.prm_inputs import encode_steps
 from prm.models.prm_model import build_prm, save_prm
@@ -42,7 +43,6 @@ from prm.scoring import (
     aggregate,
 )
 from prm.scoring.conventions import Convention, tagged_text
-from prm.scoring.prm_scorer import common_prefix
 from prm.steps import PLAIN, scoring_text
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "scorer"

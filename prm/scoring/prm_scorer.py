@@ -41,6 +41,7 @@ import torch
 from transformers import AutoModel, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.models.loading import ModelLoadError, check_model_dir, load_causal_lm, load_tokenizer, model_and_tokenizer
+from prm.models.kv_segments import Segment, common_prefix, pieces
 from prm.models.prm_inputs import EncodedSteps
 from prm.models.prm_model import load_prm
 from prm.scoring.base import (
@@ -81,61 +82,29 @@ def saved_aggregation(model: PreTrainedModel) -> str | None:
     return str(how) if how else None
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token id lists."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-@dataclass(eq=False)
-class _Segment:
-    """Keys/values of tokens ``[start, start + n)``; the parent chain holds tokens ``[0, start)``."""
-
-    parent: _Segment | None
-    start: int
-    keys: list[torch.Tensor]  # per layer [heads, n, head_dim]
-    values: list[torch.Tensor]
-
-
 @dataclass(eq=False)
 class _State:
     """What a PRM handle keeps: the prefix's token ids and the KV cache covering all of them."""
 
     owner: object
     ids: list[int]
-    kv: _Segment | None
+    kv: Segment | None
 
 
 @dataclass(eq=False)
 class _Row:
     """One sequence of an incremental batch: reuse ``reuse`` cached tokens, run ``ids[reuse:]``."""
 
-    parent_kv: _Segment | None
+    parent_kv: Segment | None
     reuse: int
     ids: list[int]
     read: int | None  # index of the label token within the new tokens
     prob: float = 0.0
-    kv: _Segment | None = field(default=None, repr=False)
+    kv: Segment | None = field(default=None, repr=False)
 
     @property
     def new(self) -> list[int]:
         return self.ids[self.reuse:]
-
-
-def _pieces(seg: _Segment | None, need: int) -> list[tuple[_Segment, int]]:
-    """The segments (and how many of each one's tokens) that make up tokens ``[0, need)``, in order."""
-    out: list[tuple[_Segment, int]] = []
-    while need > 0:
-        if seg is None:
-            raise RuntimeError("KV segment chain shorter than the tokens it should cover")
-        if seg.start < need:
-            out.append((seg, need - seg.start))
-            need = seg.start
-        seg = seg.parent
-    return out[::-1]
 
 
 def _chunks(order: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -345,7 +314,7 @@ class PRMScorer(ScorerBase):
             n = len(row.new)
             if row.read is not None:
                 row.prob = float(probs[b, row.read])
-            row.kv = _Segment(
+            row.kv = Segment(
                 parent=row.parent_kv if row.reuse > 0 else None,
                 start=row.reuse,
                 keys=[layer.keys[b, :, past : past + n].clone() for layer in layers],
@@ -364,11 +333,11 @@ class PRMScorer(ScorerBase):
                 groups.setdefault((id(row.parent_kv), row.reuse), []).append(b)
         for members in groups.values():
             row = rows[members[0]]
-            pieces = _pieces(row.parent_kv, row.reuse)
+            parts_of = pieces(row.parent_kv, row.reuse)
             idx = torch.tensor(members, device=keys[0].device)
             for dst, src in ((keys, "keys"), (values, "values")):
                 for li in range(len(dst)):
-                    parts = [getattr(seg, src)[li][:, :take] for seg, take in pieces]
+                    parts = [getattr(seg, src)[li][:, :take] for seg, take in parts_of]
                     whole = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
                     dst[li][idx, :, past - row.reuse :] = whole.unsqueeze(0).expand(len(members), *whole.shape)
         return DynamicCache(ddp_cache_data=list(zip(keys, values)))
@@ -377,4 +346,4 @@ class PRMScorer(ScorerBase):
         return eval_inference(self.model)
 
 
-__all__ = ["PRMScorer", "common_prefix", "load_scoring_model", "saved_aggregation"]
+__all__ = ["PRMScorer", "load_scoring_model", "saved_aggregation"]

@@ -43,7 +43,7 @@ counters moved, e.g. an optimizer step). ``Generation.cached_prompt_tokens``
 (first sample of a prompt) and ``stats.cached_prompt_tokens`` count the reused prompt tokens;
 ``prompt_tokens`` keeps counting every prompt token. The reused keys/values use the plain
 full-attention ``DynamicCache`` layout, like ``prm.scoring.prm_scorer``'s incremental scoring, whose
-segment chains (``_Segment``, ``_pieces``) this cache reuses.
+segment chains (``prm.models.kv_segments``) this cache shares.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.models.loading import load_causal_lm, model_and_tokenizer
-from prm.scoring.prm_scorer import _pieces, _Segment, common_prefix
+from prm.models.kv_segments import Segment, common_prefix, pieces
 from search.generation.base import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -128,7 +128,7 @@ class _StopTable:
 
 
 @dataclass(eq=False)
-class _Node(_Segment):
+class _Node(Segment):
     """A trie node: the keys/values of its tokens ``ids`` (positions ``[start, start + len(ids))``)."""
 
     ids: list[int] = field(default_factory=list)
@@ -159,7 +159,7 @@ class PrefixCache:
 
     def match(self, ids: Sequence[int]) -> tuple[_Node | None, int]:
         """The deepest node on ``ids``' path and how many leading tokens of ``ids`` the trie holds
-        (``_pieces(node, count)`` gives their segments; the node may hold more tokens than matched)."""
+        (``pieces(node, count)`` gives their segments; the node may hold more tokens than matched)."""
         node, at, children = None, 0, self.roots
         while at < len(ids) and (child := children.get(ids[at])) is not None:
             k = common_prefix(child.ids, ids[at : at + len(child.ids)])
@@ -547,11 +547,11 @@ class HFGenerator:
         (row, column) computed once."""
         ref = next(node for node, c in reused if c > 0)
         assert ref is not None
-        segs: list[tuple[_Segment, int]] = []
+        segs: list[tuple[Segment, int]] = []
         slots: list[torch.Tensor] = []
         for r, (node, c) in enumerate(reused):
             if c > 0:
-                segs += _pieces(node, c)
+                segs += pieces(node, c)
                 slots.append(torch.arange(r * past + past - c, (r + 1) * past))
         index = torch.cat(slots).to(ref.keys[0].device)
         heads, dim = ref.keys[0].shape[0], ref.keys[0].shape[2]

@@ -10,9 +10,10 @@ cache, no sampling (best of 3 passes). Raw time = policy tokens / policy forward
 PRM forward tokens per second; ``of raw speed`` = raw time / search time (1.0: the search runs
 its tokens as fast as a bare forward pass; generation is one token per step, so well below).
 
-The policy is the demo's trained SFT model when there is one (``/work/demo_runs/*/sft/model`` or
-``runs/*/sft/model``, or ``--policy DIR``), else a fresh 2-layer 128-dim GPT; the PRM is a fresh
-tiny PRM of the same size (timing only: its scores do not matter here). Usage::
+The policy is ``--policy DIR``, else the trained policy of ``benchmarks/trained_policy.py``
+(``$PRM_BENCH_POLICY`` or the demo's ``runs/demo/sft/model``), searched in the step format it writes,
+else a fresh 2-layer 128-dim GPT; the PRM is a fresh tiny PRM of the same size (timing only: its
+scores do not matter here). Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/search_throughput.py [--problems 16] [--n 16 64] [--policy DIR]
 """
@@ -21,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from prm.data.arith import ARITH_FORMAT, ArithConfig, generate_problems
+from prm.data.arith import ArithConfig, generate_problems
 from prm.models.loading import TinyGPTConfig, load_causal_lm
 from prm.models.prm_model import build_prm
 from prm.scoring import PRMScorer
@@ -34,14 +34,9 @@ from search.accounting import Compute, total
 from search.generation import HFGenerator
 from search.loop import SearchSettings, search
 from search.strategies import make_strategy
+from trained_policy import trained_policy  # benchmarks/ (this script's folder) is on sys.path
 
 TINY = TinyGPTConfig(n_layer=2, n_embd=128, n_head=4, n_positions=256)
-
-
-def default_policy() -> str | None:
-    """The first trained demo policy found, if any."""
-    found = sorted(Path("/work/demo_runs").glob("*/sft/model")) + sorted(Path("runs").glob("*/sft/model"))
-    return str(found[0]) if found else None
 
 
 def forward_rate(model: torch.nn.Module, sequences: list[list[int]], pad: int, batch_size: int,
@@ -68,6 +63,7 @@ def forward_rate(model: torch.nn.Module, sequences: list[list[int]], pad: int, b
 def measure(problems: int, budgets: list[int], policy_dir: str | None, batch_size: int = 256,
             seed: int = 0) -> list[dict[str, Any]]:
     """One row per budget N: the beam search's tokens and time against a raw forward pass of them."""
+    policy_dir, fmt = trained_policy(policy_dir)
     policy, tok = load_causal_lm(policy_dir) if policy_dir else load_causal_lm(size=TINY, seed=seed)
     prm_model, prm_tok = build_prm(size=TINY, seed=seed)
     policy.eval()
@@ -80,7 +76,7 @@ def measure(problems: int, budgets: list[int], policy_dir: str | None, batch_siz
         scorer = PRMScorer(prm_model, prm_tok, batch_size=batch_size)
         settings = SearchSettings(max_step_tokens=24, max_solution_tokens=96, max_rounds=12, seed=seed)
         t0 = time.perf_counter()
-        results = search(prompts, generator, scorer, make_strategy("beam", n=n, m=4), settings, ARITH_FORMAT)
+        results = search(prompts, generator, scorer, make_strategy("beam", n=n, m=4), settings, fmt)
         search_s = time.perf_counter() - t0
         spent: Compute = total(r.compute for r in results)
         texts = [prompts[i] + c.text for i, r in enumerate(results) for c in r.finished]
@@ -99,19 +95,20 @@ def measure(problems: int, budgets: list[int], policy_dir: str | None, batch_siz
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """For ``benchmarks/run_all.py``: N=16 (and 64 unless ``quick``) on 8 (16) problems."""
-    return measure(8 if quick else 16, [16] if quick else [16, 64], default_policy())
+    return measure(8 if quick else 16, [16] if quick else [16, 64], None)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", type=int, default=16)
     ap.add_argument("--n", type=int, nargs="+", default=[16, 64], help="beam search budgets")
-    ap.add_argument("--policy", default=None, help="policy directory (default: a demo SFT model, else fresh)")
+    ap.add_argument("--policy", default=None, help="policy directory (default: $PRM_BENCH_POLICY or the demo's, "
+                    "else a fresh tiny GPT)")
     ap.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = measure(args.problems, args.n, args.policy or default_policy(), args.batch_size)
+    rows = measure(args.problems, args.n, args.policy, args.batch_size)
     print("| " + " | ".join(rows[0]) + " |")
     print("|---" * len(rows[0]) + "|")
     for row in rows:

@@ -34,7 +34,9 @@ from prm.data.errors import DataError
 from prm.data.stepwise import StepwiseExample, read_jsonl
 from prm.io import atomic_write_text, write_json
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_causal_lm, load_tokenizer, parameter_count
-from prm.steps import PLAIN, TAGGED, StepFormat, is_answer_step, join_solution, policy_prompt, solution_prefix
+from prm.steps import (
+    PLAIN, TAGGED, StepFormat, is_answer_step, join_solution, policy_prompt, save_step_format, solution_prefix,
+)
 from prm.train.batching import IGNORE_INDEX, pad_collate
 from prm.train.loop import LOSS_WEIGHT, TrainConfig, load_metrics, train
 from prm.worlds import ArithWorld, Task, World, make_world
@@ -258,8 +260,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     world: ArithWorld | None = None
     if source == "arith":
         pairs, world = arith_pairs(cfg.data)
+        fmt = world.fmt
     elif source in ("stepwise", "jsonl"):
-        pairs, _ = jsonl_pairs(cfg.data, bool(cfg.only_on_track))
+        pairs, fmt = jsonl_pairs(cfg.data, bool(cfg.only_on_track))
     else:
         raise SFTConfigError(f"data source {source!r} is not supported by prm-sft (use data=arith or data=stepwise)")
     if not pairs:
@@ -292,6 +295,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
 
+    save_step_format(result.model_dir, fmt)  # the format the policy writes (benchmarks and tools read it)
     last: dict[str, Any] = {}
     for row in load_metrics(run_dir):  # the latest value of every metric, over resumed sessions too
         last.update(row)

@@ -21,7 +21,7 @@ from prm.data.errors import DataError
 from prm.data.stepwise import write_stepwise
 from prm.io import write_jsonl
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_causal_lm
-from prm.steps import TAGGED
+from prm.steps import TAGGED, load_step_format
 from prm.train import load_metrics, pad_collate
 from prm.worlds import make_world
 from rl.sft import CONF_DIR, Pair, SFTConfigError, encode_pair, greedy_accuracy, parse_pair, run, sft_loss
@@ -164,6 +164,7 @@ def test_saved_model_reloads_with_auto_classes(learned: tuple[Path, dict]) -> No
     assert "# Answer:" in tok.decode(out[0], skip_special_tokens=True)
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["step"] == 300 and (run_dir / "config.yaml").exists()
+    assert load_step_format(run_dir / "model") == ARITH_FORMAT  # the format the policy writes, saved beside it
 
 
 # ------------------------------------------------------------------ other data sources
@@ -175,6 +176,7 @@ def test_sft_on_stepwise_and_plain_jsonl(tmp_path: Path) -> None:
     s = run(cfg_of(*TINY_MODEL, *TINY_TRAIN, "data=stepwise", f"data.path={stepwise}", f"run_dir={tmp_path / 'a'}", "+data.format=arith"))
     assert s["step"] == 3 and s["n_train"] + s["n_val"] == 40
     assert (tmp_path / "a" / "model" / "config.json").exists()
+    assert load_step_format(tmp_path / "a" / "model") == ARITH_FORMAT
 
     plain = tmp_path / "plain.jsonl"
     write_jsonl(plain, [{"prompt": f"Say {i}: ", "completion": str(i)} for i in range(30)])

@@ -15,6 +15,7 @@ from prm.steps import (
     StepFormat,
     is_answer_step,
     join_solution,
+    policy_prompt,
     scoring_text,
     solution_prefix,
     split_solution,
@@ -170,6 +171,17 @@ def test_scoring_text() -> None:
     text, ends = scoring_text("Q", ["a"], StepFormat(separator=" ки\n"))
     assert text == "Q ки\na ки\n" and ends == [6]
     assert scoring_text("Q", []) == ("Q\n", [])
+
+
+def test_tagged_scoring_text_is_the_policys_own_text() -> None:
+    """A tagged PRM reads exactly what the policy wrote (open tag included), labels at each step's separator."""
+    solution = join_solution(["1+2=3", "3*3=9"], "9", TAGGED)
+    parsed = split_solution(solution, TAGGED)
+    text, ends = scoring_text("Q: 1+2*3", parsed.labelled_steps, TAGGED)
+    assert text == policy_prompt("Q: 1+2*3", TAGGED) + solution + "\n"
+    assert text.startswith("Q: 1+2*3\n<reasoning>\n1+2=3\n")
+    assert [text[e] for e in ends] == ["\n"] * 3 and text[: ends[-1]].endswith("<answer>9</answer>")
+    assert scoring_text("Q", [], TAGGED) == ("Q\n<reasoning>\n", [])
 
 
 def test_step_end_chars() -> None:

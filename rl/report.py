@@ -152,7 +152,11 @@ def sweep_table(csv_path: Path) -> list[str]:
     cols = [("strategy", "strategy"), ("n", "N"), ("acc_headline", "accuracy"), ("acc_prm", "PRM best"),
             ("acc_majority", "majority"), ("acc_weighted_majority", "PRM-weighted majority"), ("acc_pass", "pass@N"),
             ("generated_tokens_per_problem", "generated tok/problem"), ("prm_tokens_per_problem", "PRM tok/problem"),
-            ("flops_per_problem", "FLOPs/problem")]
+            ("flops_per_problem", "FLOPs/problem"), ("wall_time_s", "wall s"), ("_x_bon", "wall / best-of-N's")]
+    bon = {r["n"]: float(r["wall_time_s"]) for r in rows if r.get("strategy") == "best_of_n" and r.get("wall_time_s")}
+    for r in rows:  # wall time against best-of-N's at the same N (same problems, same machine, one run)
+        wall, ref = r.get("wall_time_s"), bon.get(r["n"])
+        r["_x_bon"] = f"{float(wall) / ref:.2f}x" if wall and ref else ""
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|---" * len(cols) + "|"]
     for r in rows:
         cells = []
@@ -160,7 +164,7 @@ def sweep_table(csv_path: Path) -> list[str]:
             v = r.get(key, "")
             try:
                 num = float(v)
-                cells.append(f"{num:.3g}" if "tok" in key or "flops" in key
+                cells.append(f"{num:.3g}" if "tok" in key or "flops" in key or key == "wall_time_s"
                              else _ci(num, r["_ci"].get(key)) if "acc" in key else v)  # type: ignore[union-attr]
             except ValueError:
                 cells.append(v)

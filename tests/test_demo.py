@@ -48,7 +48,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path: Path) -> None:
                     "| policy likelihood |", "### What each scorer catches", "| (right steps) |",
                     "## RL from the SFT policy", "| rl_prm_only | 2 |", "oracle (exact labels) (min, N=4)",
                     "### Monte-Carlo step labels against the exact labels",
-                    "## Distillation: search back into the policy"):
+                    "## Distillation: search back into the policy", "wall / best-of-N's |"):
         assert section in report
     assert (run / "sweep" / "sweep.csv").exists() and (run / "prm" / "model" / "config.json").exists()
     second = _demo(run)

@@ -26,6 +26,7 @@ from transformers import (
 
 from prm.worlds import make_world
 from prm.data.arith import ArithConfig, Problem, generate_dataset, label_solution
+from prm.data.stepwise import StepwiseExample
 from prm.models.kv_segments import common_prefix
 from prm.models.loading import TinyGPTConfig, build_tiny_gpt, tiny_gpt_config
 from prm.models.prm_inputs import encode_steps
@@ -447,6 +448,31 @@ def test_a_prm_knows_its_step_format(tmp_path: Path, char_prm) -> None:
     with pytest.raises(ValueError, match="style"):
         PRMScorer(str(d), style="tagged")
     assert PRMScorer(str(d), separator="\n\n", style="plain").convention.separator == "\n\n"
+
+
+def test_a_tagged_prm_scores_exactly_what_it_was_trained_on(tmp_path: Path, char_prm) -> None:
+    """A PRM saved with the tagged format reads the policy's own text (open tag included) in the scorer, whole and
+    incremental, exactly as prm-train encoded it: the same tokens, the same label positions, the same scores."""
+    from prm.prm_train import encode_examples, predict_logits
+    from prm.steps import TAGGED, save_step_format
+
+    model, tok = char_prm
+    d = save_prm(model, tok, tmp_path / "prm")
+    save_step_format(d, TAGGED)
+    scorer = PRMScorer(str(d))
+    assert scorer.convention.fmt == TAGGED
+    steps = ["7+5=2", "2*3=6", "</reasoning>\n<answer>6</answer>"]
+    ex = StepwiseExample(prompt=P3, completions=steps, labels=[1.0, 1.0, 1.0])
+    enc, _ = encode_examples(tok, [ex], TAGGED, None)
+    assert tok.decode(enc[0]["input_ids"]).startswith(tok.bos_token + P3 + "<reasoning>\n7+5=2\n")
+    assert scorer.reader.encode(P3, steps).input_ids == enc[0]["input_ids"]
+    trained = [1.0 / (1.0 + math.exp(-x)) for x, t in zip(predict_logits(model, enc, tok.pad_token_id)[0],
+                                                      enc[0]["targets"]) if t is not None]
+    whole = scorer.score([P3], [[steps]])[0][0]
+    handle = scorer.start([P3])[0]
+    for step in steps:
+        _, (handle,) = scorer.extend([handle], [step])
+    assert whole == pytest.approx(trained, abs=1e-5) and list(handle.scores) == pytest.approx(trained, abs=1e-5)
 
 
 def test_outcome_scores_every_step_by_the_answer() -> None:

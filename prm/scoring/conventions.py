@@ -53,6 +53,7 @@ class Convention:
 
     kind: str = "token_head"
     separator: str = "\n"
+    style: str = "plain"  # token_head: the solution format (tagged PRMs read the open <reasoning> tag too)
     tag: str = " ки"
     step_sep: str = "\n"
     prompt_sep: str = " "
@@ -71,7 +72,8 @@ class Convention:
 
     @property
     def fmt(self) -> StepFormat:
-        return StepFormat(separator=self.separator)
+        """The step format a token_head PRM reads (``prm.steps.scoring_text``): style and separator."""
+        return StepFormat(style=self.style, separator=self.separator)  # type: ignore[arg-type]
 
 
 MATH_SHEPHERD = Convention("lm_tag", tag=" ки", step_sep="\n", prompt_sep=" ", good_token="+", bad_token="-")

@@ -165,9 +165,10 @@ class PRMScorer(ScorerBase):
                 raise ValueError(f"this PRM was trained on steps in another format than configured "
                                  f"({'; '.join(saved.mismatch(wanted))}; trained vs configured): score it with "
                                  f"its own format (leave scorer.separator / scorer.style unset) or retrain it")
-            separator = saved.separator
+            separator, style = saved.separator, saved.style
         conv = convention if isinstance(convention, Convention) else Convention(
-            convention, separator=separator or "\n", tag=tag, step_sep=step_sep, prompt_sep=prompt_sep,
+            convention, separator=separator or "\n", style=style or "plain", tag=tag, step_sep=step_sep,
+            prompt_sep=prompt_sep,
             good_token=good_token, bad_token=bad_token, good_token_id=good_token_id, bad_token_id=bad_token_id,
             chat_template=chat_template, system_prompt=system_prompt)
         model, tokenizer = model_and_tokenizer(

@@ -45,4 +45,5 @@ def pieces(seg: Segment | None, need: int) -> list[tuple[Segment, int]]:
         seg = seg.parent
     return out[::-1]
 
+
 __all__ = ["Segment", "common_prefix", "pieces"]

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from prm.models.loading import ModelLoadError, check_model_dir, load_causal_lm, load_tokenizer, model_and_tokenizer
 from prm.models.kv_segments import Segment, common_prefix, pieces
+from prm.models.loading import ModelLoadError, check_model_dir, load_causal_lm, load_tokenizer, model_and_tokenizer
 from prm.models.prm_inputs import EncodedSteps
 from prm.models.prm_model import load_prm
 from prm.scoring.base import (

@@ -29,6 +29,7 @@ A round:
    out up to k more steps at ``rollout_temperature``; the rollout's steps are scored incrementally
    from the candidate's handle and the PRM score at the end of the rollout becomes the candidate's
    value for its new step. Only the first step is kept; rollout tokens count as generated compute.
+   Greedy rollouts of candidates with the same text are run once (``share_rollouts``).
 4. **SELECT**: finished candidates leave the pool for the final choice; the strategy's
    ``select`` sees the round's candidates of one problem and returns the next expansions (which
    unfinished candidates to keep and how many samples each gets, in which subtree). Equal values
@@ -92,7 +93,9 @@ class SearchSettings:
     ``max_step_tokens``: the most tokens of one step (and of an answer-line completion);
     ``max_solution_tokens``: of a continuation to the end (best-of-N, the last round);
     ``max_rounds``: EXPAND rounds at most; ``finish_at_limit``: the last round writes every beam to
-    the end; ``seed``: generate call ``c`` of a batch uses a seed derived from (seed, c).
+    the end; ``share_rollouts``: candidates with the same text share one greedy lookahead rollout
+    (see ``SearchLoop._lookahead``; False rolls each out); ``seed``: generate call ``c`` of a batch
+    uses a seed derived from (seed, c).
     """
 
     temperature: float = 1.0
@@ -101,6 +104,7 @@ class SearchSettings:
     max_solution_tokens: int = 512
     max_rounds: int = 40
     finish_at_limit: bool = True
+    share_rollouts: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -291,15 +295,27 @@ class SearchLoop:
 
     # -- LOOKAHEAD -------------------------------------------------------------------------------
     def _lookahead(self, cands: list[Candidate]) -> None:
-        """Roll each candidate out up to k steps; its value for its new step = the score at the end."""
-        texts = [c.text for c in cands]
-        steps: list[list[str]] = [[] for _ in cands]
-        tokens = [0] * len(cands)
-        live = list(range(len(cands)))
+        """Roll each candidate out up to k steps; its value for its new step = the score at the end.
+
+        A greedy rollout (``rollout_temperature`` 0) is a function of the problem and the text
+        alone, so with ``share_rollouts`` candidates of one problem with the same text (siblings
+        that sampled the same step, beams that converged) share one rollout and its scoring: the
+        values of rolling each out, for the compute of one. Compute counts what was run (the shared
+        rollout once); each sharing candidate's ``rollout_tokens`` counts the rollout that valued it.
+        """
+        owner = list(range(len(cands)))
+        if self.settings.share_rollouts and self.strategy.rollout_temperature == 0:
+            first: dict[tuple[int, str], int] = {}
+            owner = [first.setdefault((c.problem, c.text), i) for i, c in enumerate(cands)]
+        reps = sorted(set(owner))
+        texts = [cands[i].text for i in reps]
+        steps: list[list[str]] = [[] for _ in reps]
+        tokens = [0] * len(reps)
+        live = list(range(len(reps)))
         for _ in range(self.strategy.rollout_steps):
             if not live:
                 break
-            pieces = self._sample([(cands[r].problem, texts[r], 1) for r in live], to_end=False,
+            pieces = self._sample([(cands[reps[r]].problem, texts[r], 1) for r in live], to_end=False,
                                   temperature=self.strategy.rollout_temperature, rollout=True)
             still = []
             for r, (piece,) in zip(live, pieces):
@@ -310,11 +326,13 @@ class SearchLoop:
                 if self._terminal(answered, piece.reason) is None:
                     still.append(r)
             live = still
-        ends = self._score_chains([c.prefix for c in cands], steps, [c.problem for c in cands])
-        for c, end, rolled, spent in zip(cands, ends, steps, tokens):
-            c.rollout_tokens += spent
-            if rolled:
-                c.values = (*c.values[:-1], end.scores[-1])
+        ends = self._score_chains([cands[i].prefix for i in reps], steps, [cands[i].problem for i in reps])
+        slot = {i: r for r, i in enumerate(reps)}
+        for c, i in zip(cands, owner):
+            r = slot[i]
+            c.rollout_tokens += tokens[r]
+            if steps[r]:
+                c.values = (*c.values[:-1], ends[r].scores[-1])
                 c.value = aggregate(c.values, self.scorer.aggregation)
 
     # -- generation ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from prm.steps import PLAIN, TAGGED
 from prm.voting import vote
 from search.accounting import Compute, ModelSizes, apportion
 from search.generation.base import Generation, GenerationStats
-from search.loop import Candidate, SearchSettings, final_choice, new_steps, search
+from search.loop import Candidate, SearchResult, SearchSettings, final_choice, new_steps, search
 from search.run import build_search, run
 from search.strategies import make_strategy
 
@@ -294,6 +294,35 @@ def test_lookahead_values_candidates_after_rollouts_keeps_only_the_first_step_an
                                 rollout_tokens=(6 + 15) + 12, prm_tokens=2 + 4 + 21 + 15 + 12 + 24, samples=6)
     # every score ties at .4: prm takes the earliest; the 7s win both votes
     assert r.chosen == {"prm": 0, "majority": 1, "weighted_majority": 1}
+
+
+SHARE_SCRIPT = {
+    "Q\n": ["x\n", "y\n", "x\n", "x\n"], "Q\nx\n": ["x2\n", "# Answer: 4" + EOS], "Q\nx\nx2\n": ["# Answer: 5" + EOS],
+    "Q\ny\n": ["y2\n"], "Q\ny\ny2\n": ["# Answer: 6" + EOS],
+}
+SHARE_VALUES = {"x": .5, "y": .6, "x2": .9, "y2": .3, "# Answer: 4": .8, "# Answer: 5": .9, "# Answer: 6": .2}
+
+
+def test_lookahead_candidates_with_the_same_text_share_one_greedy_rollout() -> None:
+    def run(share: bool) -> tuple[ScriptedGenerator, SearchResult]:
+        gen = ScriptedGenerator(SHARE_SCRIPT)
+        strategy = make_strategy("lookahead", n=4, m=2, rollout_steps=1, rollout_temperature=0.0)
+        (r,) = search(["Q"], gen, ScriptedScorer(SHARE_VALUES), strategy,
+                      SearchSettings(max_rounds=2, share_rollouts=share), ARITH_FORMAT)
+        return gen, r
+
+    def view(r: SearchResult) -> list[tuple]:
+        return [(c.text, c.values, c.value, c.score, c.rollout_tokens, c.generated_tokens) for c in r.finished]
+
+    (shared_gen, shared), (own_gen, own) = run(True), run(False)
+    rollouts = [c["prompts"] for c in shared_gen.calls if c["temperature"] == 0.0]
+    assert rollouts[0] == ["Q\nx\n", "Q\ny\n"]  # the three x siblings: one rollout
+    own_rollouts = [c["prompts"] for c in own_gen.calls if c["temperature"] == 0.0]
+    assert own_rollouts[0] == ["Q\nx\n", "Q\ny\n", "Q\nx\n", "Q\nx\n"]
+    assert view(shared) == view(own) and shared.chosen == own.chosen  # x valued .9 by its rollout, y .3
+    assert [c.text for c in shared.finished][:2] == ["x\nx2\n# Answer: 5", "x\n# Answer: 4"]
+    saved = own.compute.generated_tokens - shared.compute.generated_tokens
+    assert saved == 2 * len("x2\n") and own.compute.rollout_tokens - shared.compute.rollout_tokens == saved
 
 
 # ------------------------------------------------------------------------------------------- DVTS

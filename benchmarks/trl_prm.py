@@ -87,7 +87,7 @@ from prm.models.tokenizer import build_char_tokenizer
 from prm.prm_train import CONF_DIR, encode_examples, predict_logits
 from prm.steps import StepFormat
 
-OURS = ("bucketed", "windowed", "random")
+OURS = ("bucketed", "windowed", "random", "packed", "mixed")
 EXTRAS = ("trl-gradckpt", "trl-grouped", "trl-fused", *(f"ours-{s}" for s in OURS))
 
 
@@ -135,12 +135,16 @@ def make_backbone(args: argparse.Namespace, root: Path) -> Path:
 
 def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_dir: Path,
                held_out: list[StepwiseExample], batching: str, name: str, chunk_batches: int | None = None) -> Result:
+    # mixed: each optimizer step is one shuffled batch of --batch-size, in --splits length-sorted micro-batches
+    splits = args.splits if batching == "mixed" else 1
+    if args.batch_size % splits:
+        sys.exit(f"--batch-size {args.batch_size} is not divisible by --splits {splits}")
     overrides = [
         "data=stepwise", f"data.path={data_path}", f"init_from={backbone}", f"run_dir={run_dir}",
         "val_fraction=0", f"seed={args.seed}",
-        f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
+        f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size // splits}", f"train.lr={args.lr}",
         f"train.warmup_steps={args.warmup}", "train.schedule=cosine", "train.min_lr_ratio=0.1",
-        "train.weight_decay=0.1", "train.betas=[0.9,0.95]", "train.max_grad_norm=1.0", "train.grad_accum=1",
+        "train.weight_decay=0.1", "train.betas=[0.9,0.95]", "train.max_grad_norm=1.0", f"train.grad_accum={splits}",
         f"train.batching={batching}", "train.mixed_precision=no", "train.eval_every=0", "train.save_every=0",
         f"train.log_every={args.log_every}", f"train.seed={args.seed}", "train.max_time_s=null",
         "train.progress=false", f"++train.chunk_batches={'null' if chunk_batches is None else chunk_batches}",
@@ -321,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--n-positions", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--splits", type=int, default=4, help="batching=mixed: length-sorted micro-batches per step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--batching", default=None, choices=OURS,

@@ -23,19 +23,54 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from prm.train.batching import pack_rows
 from prm.train.loop import LOSS_WEIGHT
 
 IGNORE_LABEL = -100.0
 
 
-def prm_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+def prm_collate(pad_token_id: int, *, pack: bool = False,
+                pack_length: int | None = None) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
     """Collate encoded examples ``{"input_ids", "positions", "targets"}`` into right-padded tensors.
 
     ``labels[row, positions[j]] = targets[j]`` for every target that is not None; every other
     position (other tokens, unlabelled steps, padding) is ``IGNORE_LABEL``.
+
+    ``pack``: several examples per row (``prm.train.batching.pack_rows``, rows of at most
+    ``pack_length`` tokens, None: twice the batch's longest example), no ``attention_mask`` but
+    ``position_ids`` that restart at 0 for each example (and for the filler after the last), from
+    which Hugging Face models build block-diagonal causal attention: each example sees exactly
+    what it would see alone, so the logits and the loss are those of the unpacked batch, with
+    little padding. ``token_mask`` marks the real tokens (for counting). Needs a model that packs by
+    position ids (``check_packing``).
     """
 
+    def packed(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = pack_rows([len(ex["input_ids"]) for ex in examples], pack_length)
+        width = max(sum(len(examples[i]["input_ids"]) for i in row) for row in rows)
+        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        real = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_LABEL, dtype=torch.float32)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                ex = examples[i]
+                n = len(ex["input_ids"])
+                ids[r, at : at + n] = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+                pos[r, at : at + n] = torch.arange(n)
+                real[r, at : at + n] = 1
+                for p, target in zip(ex["positions"], ex["targets"]):
+                    if target is not None:
+                        labels[r, at + p] = float(target)
+                at += n
+            pos[r, at:] = torch.arange(width - at)
+            ids[r, at:] = ids[r, 0]  # a segment of its own, never labelled (not the pad id: HF would warn of padding)
+        return {"input_ids": ids, "position_ids": pos, "token_mask": real, "labels": labels}
+
     def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if pack:
+            return packed(examples)
         longest = max(len(ex["input_ids"]) for ex in examples)
         ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(examples), longest), dtype=torch.long)
@@ -84,10 +119,37 @@ def bce_on_labels(
 
 
 def token_logits_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's per-token logit ``[batch, tokens]`` (a token-classification model, one label)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    """The model's per-token logit ``[batch, tokens]`` (a token-classification model, one label),
+    for a padded batch (``attention_mask``) or a packed one (``position_ids``, see ``prm_collate``).
+    No KV cache is built (``use_cache=False``: training and scoring whole texts never reuse one)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"), use_cache=False)
     logits = out.logits if hasattr(out, "logits") else out
     return logits.squeeze(-1) if logits.dim() == 3 else logits
+
+
+def check_packing(model: torch.nn.Module, pad_token_id: int, examples: Sequence[dict[str, Any]]) -> None:
+    """Raise ``ValueError`` unless the model gives packed examples (``prm_collate(pack=True)``)
+    exactly the logits it gives them alone: a model that ignores position-id packing would let
+    examples attend to each other and train on the wrong inputs without any error."""
+    pair = list(examples[:2])
+    if len(pair) < 2:
+        return
+    pair = [{**ex, "input_ids": list(ex["input_ids"][:32]), "positions": [], "targets": []} for ex in pair]
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.no_grad():
+            packed = token_logits_of(model, prm_collate(pad_token_id, pack=True,
+                                                        pack_length=sum(len(ex["input_ids"]) for ex in pair))(pair))
+            alone = [token_logits_of(model, prm_collate(pad_token_id)([ex]))[0] for ex in pair]
+    finally:
+        model.train(was_training)
+    first = len(pair[0]["input_ids"])
+    got = [packed[0, :first], packed[0, first : first + len(pair[1]["input_ids"])]]
+    if packed.shape[0] != 1 or not all(torch.allclose(g, a, atol=1e-4, rtol=1e-3) for g, a in zip(got, alone)):
+        raise ValueError(f"{type(model).__name__} does not keep packed examples apart (its attention ignores "
+                         "position-id packing): use train.batching=windowed, bucketed or random")
 
 
 @dataclass(frozen=True)

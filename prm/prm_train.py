@@ -64,7 +64,7 @@ from prm.io import atomic_write_text, write_json
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_tokenizer, parameter_count
 from prm.models.prm_inputs import encode_steps
 from prm.models.prm_model import build_prm
-from prm.prm_loss import PRMLoss, class_weights, flat_targets, prm_collate, token_logits_of
+from prm.prm_loss import PRMLoss, check_packing, class_weights, flat_targets, prm_collate, token_logits_of
 from prm.steps import PLAIN, StepFormat, save_step_format
 from prm.train.loop import Callback, TrainConfig, train
 
@@ -409,9 +409,15 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    packed = train_cfg.batching == "packed"
+    if packed:
+        try:
+            check_packing(model, pad, train_data)
+        except ValueError as e:
+            raise PRMTrainConfigError(str(e)) from e
     result = train(
         model, loss_fn, train_data, train_cfg,
-        collate=prm_collate(pad), run_dir=run_dir, eval_data=val_data or None, tokenizer=tok,
+        collate=prm_collate(pad, pack=packed), run_dir=run_dir, eval_data=val_data or None, tokenizer=tok,
         logger_cfg=OmegaConf.to_container(cfg.logger, resolve=True),  # type: ignore[arg-type]
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
         callbacks=callbacks,

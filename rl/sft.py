@@ -250,6 +250,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_cfg = TrainConfig.from_dict(OmegaConf.to_container(cfg.train, resolve=True))  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
         raise SFTConfigError(f"train: {e}") from e
+    if train_cfg.batching == "packed":
+        raise SFTConfigError("train.batching=packed is prm-train's (its collate packs); prm-sft: bucketed, windowed "
+                             "or random")
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

@@ -11,8 +11,15 @@ batch, padding between the two). Measured on PRM training from a trained policy
 (``benchmarks/trl_prm.py``), mixing is what held-out accuracy needs: local AUROC rises from
 bucketed through windows of 8, 4 and 2 batches to plain shuffled batches, and windows of 2 get
 most of the way at about half of shuffled batching's padding. ``random`` is plain shuffled
-batching (for comparison); ``sequential`` keeps the order and ``sorted`` sorts everything by
-length (both for evaluation). A batch holds ``batch_size`` examples, or, with ``max_tokens``, as
+batching (for comparison); ``packed`` is the same plan of shuffled batches, which the collate
+then packs (``pack_rows``: several examples per row, first-fit decreasing, so a batch keeps
+shuffled batching's mix without its padding; ``prm.prm_loss.prm_collate(pack=True)`` gives the
+rows block-diagonal attention through restarting position ids); ``sequential`` keeps the order
+and ``sorted`` sorts everything by length (both for evaluation). ``mixed`` sorts each chunk of
+``chunk_batches`` micro-batches' worth of shuffled examples by length and keeps the micro-batches
+of a chunk in order: with ``chunk_batches == grad_accum`` (the training loop sets it so) every
+optimizer step takes exactly a plain shuffled batch, as ``random`` does, split by length into
+micro-batches that are each padded only to their own longest example. A batch holds ``batch_size`` examples, or, with ``max_tokens``, as
 many as fit in ``max_tokens`` padded positions (longest x count; an example longer than the
 budget is a batch by itself).
 """
@@ -25,9 +32,9 @@ from typing import Any, Literal
 
 import torch
 
-Strategy = Literal["bucketed", "windowed", "random", "sequential", "sorted"]
-STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "sequential", "sorted")
-CHUNK_BATCHES: dict[str, int] = {"bucketed": 64, "windowed": 2}  # batches' worth sorted together
+Strategy = Literal["bucketed", "windowed", "random", "packed", "mixed", "sequential", "sorted"]
+STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "packed", "mixed", "sequential", "sorted")
+CHUNK_BATCHES: dict[str, int] = {"bucketed": 64, "windowed": 2, "mixed": 1}  # batches' worth sorted together
 IGNORE_INDEX = -100
 
 
@@ -82,7 +89,7 @@ def plan_batches(
         return _cut(sorted(order, key=lambda i: lengths[i]), lengths, batch_size, max_tokens)
     rng = random.Random(f"batches-{seed}-{epoch}")
     rng.shuffle(order)
-    if strategy == "random":
+    if strategy in ("random", "packed"):
         return _cut(order, lengths, batch_size, max_tokens)
     if strategy not in CHUNK_BATCHES:
         raise ValueError(f"unknown batching strategy {strategy!r} ({', '.join(STRATEGIES)})")
@@ -98,15 +105,48 @@ def plan_batches(
     for start in range(0, n, chunk):
         part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
         batches += _cut(part, lengths, batch_size, max_tokens)
-    rng.shuffle(batches)
+    if strategy != "mixed":  # mixed: a chunk's micro-batches stay together, in one optimizer step
+        rng.shuffle(batches)
     return batches
 
 
-def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
-    """Share of positions that would be padding when each batch is padded to its longest example."""
-    positions = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int], *, packed: bool = False) -> float:
+    """Share of positions that would be padding when each batch is padded to its longest example
+    (``packed``: when each batch is packed by ``pack_rows`` and padded to its longest row)."""
+    positions = 0
+    for b in batches:
+        if not b:
+            continue
+        if packed:
+            rows = pack_rows([lengths[i] for i in b])
+            positions += max(sum(lengths[b[j]] for j in row) for row in rows) * len(rows)
+        else:
+            positions += max(lengths[i] for i in b) * len(b)
     real = sum(lengths[i] for b in batches for i in b)
     return 1.0 - real / positions if positions else 0.0
+
+
+def pack_rows(lengths: Sequence[int], capacity: int | None = None) -> list[list[int]]:
+    """Indices into ``lengths`` grouped into rows of at most ``capacity`` tokens (None: twice the
+    longest length; with the longest as capacity, lengths within a factor of two of each other, as
+    in the arithmetic world, would never share a row), first-fit decreasing: longest first, each
+    into the first row with room. Deterministic; every index appears exactly once, in increasing
+    order within its row; a length above ``capacity`` gets a row of its own."""
+    if not lengths:
+        return []
+    cap = 2 * max(lengths) if capacity is None else capacity
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        for r, left in enumerate(room):
+            if lengths[i] <= left:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(cap - lengths[i])
+    return [sorted(r) for r in rows]
 
 
 def pad_collate(pad_token_id: int, *, pad_to_multiple_of: int | None = None) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:

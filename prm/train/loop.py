@@ -102,7 +102,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged)
     batch_size: int | None = 32  # examples per micro-batch (per process) ...
     max_tokens: int | None = None  # ... or padded tokens per micro-batch (with batch_size: both limits)
-    batching: Literal["bucketed", "windowed", "random"] = "bucketed"  # see prm.train.batching
+    batching: Literal["bucketed", "windowed", "random", "packed", "mixed"] = "bucketed"  # see prm.train.batching
     chunk_batches: int | None = None  # bucketed/windowed: batches' worth sorted together (None: 64/2)
     mixed_precision: Literal["no", "bf16"] = "no"
     eval_every: int = 0  # steps; 0: only at the end
@@ -121,8 +121,11 @@ class TrainConfig:
             problems.append(f"schedule={self.schedule!r} (cosine, linear or constant)")
         if self.mixed_precision not in ("no", "bf16"):
             problems.append(f"mixed_precision={self.mixed_precision!r} (no or bf16)")
-        if self.batching not in ("bucketed", "windowed", "random"):
-            problems.append(f"batching={self.batching!r} (bucketed, windowed or random)")
+        if self.batching not in ("bucketed", "windowed", "random", "packed", "mixed"):
+            problems.append(f"batching={self.batching!r} (bucketed, windowed, random, packed or mixed)")
+        if self.batching == "mixed" and self.chunk_batches not in (None, self.grad_accum):
+            problems.append(f"chunk_batches={self.chunk_batches} with batching=mixed (its chunks are the grad_accum "
+                            f"micro-batches of one optimizer step: leave it null)")
         if self.chunk_batches is not None and self.chunk_batches < 1:
             problems.append(f"chunk_batches={self.chunk_batches} (must be >= 1)")
         if self.max_steps is None and self.epochs is None:
@@ -313,7 +316,7 @@ class _Window:
         self.sums["loss"] = self.sums.get("loss", 0.0) + loss
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0.0) + _to_float(v)
-        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        mask = batch.get("token_mask", batch.get("attention_mask")) if isinstance(batch, Mapping) else None
         ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
         if mask is not None:
             real, positions = int(mask.sum().item()), mask.numel()
@@ -396,7 +399,8 @@ def train(
     def epoch_plan(epoch: int) -> list[list[int]]:
         """One epoch of GLOBAL micro-batches (what one process at the global batch would take)."""
         plan = plan_batches(lengths, batch_size=global_size, max_tokens=global_tokens,
-                            seed=cfg.seed, epoch=epoch, strategy=cfg.batching, chunk_batches=cfg.chunk_batches)
+                            seed=cfg.seed, epoch=epoch, strategy=cfg.batching,
+                            chunk_batches=cfg.grad_accum if cfg.batching == "mixed" else cfg.chunk_batches)
         if not any(len(b) >= world for b in plan):
             raise ValueError(f"no batch of the epoch has an example for each of {world} processes; "
                              f"more data or a larger batch")
@@ -408,7 +412,8 @@ def train(
         shuffled = plan_batches(lengths, batch_size=global_size, max_tokens=global_tokens, seed=cfg.seed,
                                 strategy="random")
         tqdm.write(f"[train] {len(train_data)} examples, {len(first_plan)} micro-batches per epoch; padding "
-                   f"{padding_fraction(first_plan, lengths):.1%} ({cfg.batching}; plain shuffled batches: "
+                   f"{padding_fraction(first_plan, lengths, packed=cfg.batching == 'packed'):.1%} "
+                   f"({cfg.batching}; plain shuffled batches: "
                    f"{padding_fraction(shuffled, lengths):.1%})")
     max_steps = cfg.max_steps
     if max_steps is None:

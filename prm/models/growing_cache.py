@@ -72,9 +72,14 @@ class GrowingLayer(DynamicLayer):
             self._expose(self.length)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row; only the filled tokens are copied, not the reserve."""
         if self._keys is not None and self._values is not None and self.length > 0:
-            self._keys = self._keys.repeat_interleave(repeats, dim=0)
-            self._values = self._values.repeat_interleave(repeats, dim=0)
+            bufs = []
+            for buf in (self._keys, self._values):
+                new = buf.new_empty((buf.shape[0] * repeats, *buf.shape[1:]))
+                new.view(buf.shape[0], repeats, *buf.shape[1:])[:, :, :, : self.length] = buf[:, None, :, : self.length]
+                bufs.append(new)
+            self._keys, self._values = bufs
             self._expose(self.length)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

@@ -25,8 +25,8 @@ or the demo's ``runs/demo/sft/model``), searched in the step format it writes; w
 ``--fresh``) a fresh 2-layer 128-dim character GPT is fitted for ``--train-steps`` steps on plain
 arithmetic solutions (``benchmarks/generation.py``'s ``train``). A barely trained policy writes long,
 ragged steps, and every round of step-level search waits for its longest one: the fresh policy's
-ratios to best-of-N are higher than the trained policy's (lookahead at N=64: 7.9x, against 3.7x for the
-tagged demo policy on 2026-12-02).
+ratios to best-of-N are higher than the trained policy's (lookahead at N=64: 7.9x before rollouts were shared,
+against 1.39x for the tagged demo policy with shared greedy rollouts, 2026-12-02; ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

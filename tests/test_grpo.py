@@ -205,14 +205,19 @@ def test_rl_with_a_refreshed_prm_resumes_exactly(tmp_path: Path, tiny_policy: Pa
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_outcome_rl_raises_true_held_out_accuracy_not_only_its_reward(tmp_path: Path) -> None:
-    """The default world's SFT policy (prm-sft's defaults, about 4 minutes) writes its systematic mistakes
-    confidently; 30 steps of outcome GRPO unlearn many of them: held-out accuracy rises, and so does the
-    share of solutions whose every step is right (measured: greedy 0.53 -> 0.77 after 20 steps)."""
+    """The default world's SFT policy (prm-sft's defaults but 1500 steps, about 5 minutes) writes its systematic
+    mistakes confidently; 30 steps of outcome GRPO unlearn many of them: held-out accuracy rises, and so does the
+    share of solutions whose every step is right (measured: greedy 0.53 -> 0.77 after 20 steps from a 1000-step
+    policy; on the machine of 2026-12-02, whose CPU put the SFT loss's phase transition later, a 1000-step policy
+    started at 0.31 with little entropy and 30 steps did not lift it (0.31 -> 0.255, the same before and after that
+    session's changes), while a 1500-step one went 0.55 -> 0.685, sampled 0.52 -> 0.68). 1500 SFT steps put the
+    policy past the transition on both machines."""
     from rl.sft import run as sft_run
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         sft_cfg = compose(config_name="sft", overrides=[
-            f"run_dir={tmp_path / 'sft'}", "train.max_time_s=null", "train.progress=false", "eval_problems=0"])
+            f"run_dir={tmp_path / 'sft'}", "train.max_time_s=null", "train.progress=false", "eval_problems=0",
+            "train.max_steps=1500"])
     sft_run(sft_cfg)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose(config_name="rl", overrides=[

@@ -26,7 +26,8 @@ from transformers.cache_utils import DynamicLayer
 
 
 class GrowingLayer(DynamicLayer):
-    """One layer's keys/values in a buffer with room for ``reserve`` more tokens (module docstring)."""
+    """One layer's keys/values in a buffer with room for ``reserve`` tokens beyond its first update
+    (module docstring); past that the buffer grows by half."""
 
     def __init__(self, reserve: int = 0) -> None:
         super().__init__()
@@ -42,12 +43,13 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
-        if self._keys is None or self._values is None or end > self._keys.shape[-2]:
-            self._grow(end + max(self.reserve, end // 2), key_states, value_states)
+        if self._keys is None or self._values is None:
+            self._grow(end + self.reserve, key_states, value_states)  # the first tokens, and room for the reserve
+        elif end > self._keys.shape[-2]:
+            self._grow(end + end // 2, key_states, value_states)
         assert self._keys is not None and self._values is not None
         self._keys[:, :, self.length : end] = key_states
         self._values[:, :, self.length : end] = value_states
-        self.reserve = max(0, self.reserve - key_states.shape[-2])
         self._expose(end)
         return self.keys, self.values
 
@@ -100,7 +102,8 @@ class GrowingCache(DynamicCache):
     """A ``DynamicCache`` of ``GrowingLayer``s (one per model layer, created as the model reaches them).
 
     ``data``: per layer ``(keys, values)`` to start from (copied into the buffers), as
-    ``DynamicCache(ddp_cache_data=...)``; ``reserve``: room for this many more tokens per layer.
+    ``DynamicCache(ddp_cache_data=...)``; ``reserve``: room for this many tokens per layer beyond ``data``
+    (or beyond the first tokens the model writes).
     """
 
     def __init__(self, data: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None, *, reserve: int = 0) -> None:

@@ -462,11 +462,10 @@ class HFGenerator:
 
         # prefill once per prompt (only the tokens the prefix cache does not hold), into a cache with
         # room for every token this call can sample (decoding then writes in place: no re-copying)
-        reserve = width + steps + 1
-        if past:
-            cache = self._past(reused, past, reserve if self._full_attention else None)
-        else:
-            cache = GrowingCache(reserve=reserve) if self._full_attention else None
+        if past:  # the reused tokens first, then the new prompt tokens and the samples
+            cache = self._past(reused, past, width + steps + 1 if self._full_attention else None)
+        else:  # the prompt tokens first, then the samples
+            cache = GrowingCache(reserve=steps + 1) if self._full_attention else None
         logits, cache = self._forward(input_ids, attn, pos, cache)
         start = past + width  # the cache column of the first sampled token's keys/values
         if store is not None:

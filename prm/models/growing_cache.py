@@ -107,13 +107,13 @@ class GrowingCache(DynamicCache):
     """
 
     def __init__(self, data: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None, *, reserve: int = 0) -> None:
-        layers = [GrowingLayer(reserve) for _ in data] if data is not None else None
-        if layers is None:
+        if data is None:
             super(DynamicCache, self).__init__(layer_class_to_replicate=lambda: GrowingLayer(reserve))  # type: ignore[arg-type]
-        else:
-            super(DynamicCache, self).__init__(layers=layers)
-            for layer, (k, v) in zip(layers, data or ()):
-                layer.update(k, v)
+            return
+        layers = [GrowingLayer(reserve) for _ in data]
+        super(DynamicCache, self).__init__(layers=layers)  # type: ignore[arg-type]
+        for layer, (k, v) in zip(layers, data):
+            layer.update(k, v)
 
 
 __all__ = ["GrowingCache", "GrowingLayer"]

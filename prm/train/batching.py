@@ -35,6 +35,7 @@ import torch
 
 Strategy = Literal["bucketed", "windowed", "random", "packed", "mixed", "sequential", "sorted"]
 STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "packed", "mixed", "sequential", "sorted")
+TRAIN_STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "packed", "mixed")  # the training loop's
 CHUNK_BATCHES: dict[str, int] = {"bucketed": 64, "windowed": 2, "mixed": 1}  # batches' worth sorted together
 IGNORE_INDEX = -100
 

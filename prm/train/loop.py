@@ -56,7 +56,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from prm.io import atomic_write_text, read_resumable_jsonl, write_json, write_jsonl
-from prm.train.batching import padding_fraction, plan_batches
+from prm.train.batching import TRAIN_STRATEGIES, padding_fraction, plan_batches
 
 Batch = Any
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, Mapping[str, Any]]]
@@ -121,8 +121,8 @@ class TrainConfig:
             problems.append(f"schedule={self.schedule!r} (cosine, linear or constant)")
         if self.mixed_precision not in ("no", "bf16"):
             problems.append(f"mixed_precision={self.mixed_precision!r} (no or bf16)")
-        if self.batching not in ("bucketed", "windowed", "random", "packed", "mixed"):
-            problems.append(f"batching={self.batching!r} (bucketed, windowed, random, packed or mixed)")
+        if self.batching not in TRAIN_STRATEGIES:
+            problems.append(f"batching={self.batching!r} ({', '.join(TRAIN_STRATEGIES)})")
         if self.batching == "mixed" and self.chunk_batches not in (None, self.grad_accum):
             problems.append(f"chunk_batches={self.chunk_batches} with batching=mixed (its chunks are the grad_accum "
                             f"micro-batches of one optimizer step: leave it null)")

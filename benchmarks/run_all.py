@@ -77,8 +77,15 @@ def throughput(rows: list[Row]) -> list[tuple[str, str]]:
 
 def trl(rows: list[Row]) -> list[tuple[str, str]]:
     ours = rows[0]
-    return [(r["trainer"], f"time {r['time ratio vs ours']:.2f}x of ours; local AUROC {r['local AUROC']:.3f} "
-             f"(ours {ours['local AUROC']:.3f}); padding {r['padding']:.1%}") for r in rows]
+    out = []
+    for r in rows:
+        text = (f"time {r['time ratio vs ours']:.2f}x of ours; local AUROC {r['local AUROC']:.3f} "
+                f"(ours {ours['local AUROC']:.3f}); padding {r['padding']:.1%}")
+        reached, ratio = r.get("s to TRL's local AUROC"), r.get("TRL's time to it / this")
+        if reached is not None:  # --curve: the loop time to reach TRL's final local AUROC and stay there
+            text += f"; to TRL's final local AUROC in {reached} s (TRL's time to it / this: {ratio})"
+        out.append((r["trainer"], text))
+    return out
 
 
 def generation(rows: list[Row]) -> list[tuple[str, str]]:

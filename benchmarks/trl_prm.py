@@ -37,11 +37,17 @@ encoding, the final checkpoint and model save; TRL: ``PRMTrainer(...)`` with its
 tokenization, plus ``train()``). Tokens are the real (non-padding) tokens trained on; padding is
 the share of padded positions in the batches.
 
+``--curve K``: both trainers also save a checkpoint every K steps (ours: the loop's checkpoint;
+TRL: ``save_steps``, model only; the saving is inside both loop times), scored after training on
+the same held-out examples: the table adds each row's curve of local AUROC against step and the
+loop time it takes to reach TRL's final local AUROC and stay at or above it for the rest of the
+run (time to accuracy, as MLPerf measures training), with TRL's own time to it over each row's.
+
 Needs TRL for the benchmark only (never a project dependency)::
 
     pip install --no-deps "trl==1.13.0"
     OMP_NUM_THREADS=1 python benchmarks/trl_prm.py [--steps 300] [--batch-size 32] [--threads 1]
-        [--extra trl-gradckpt trl-grouped ours-bucketed ours-windowed ours-random] [--windows 2 8]
+        [--extra trl-gradckpt trl-grouped ours-bucketed ours-windowed ours-random] [--windows 2 8] [--curve 100]
 
 ``run(quick)`` is the same comparison for ``benchmarks/run_all.py``.
 """
@@ -57,7 +63,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +108,18 @@ class Result:
     scores: list[list[float]]  # P(on track) of each labelled step of each held-out example
     labels: list[list[float]]
     final_loss: float
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, loop s, local AUROC), --curve
+
+    def time_to(self, target: float) -> tuple[int, float] | None:
+        """The first curve point from which every later point's local AUROC is at least ``target``
+        (step, loop seconds): the time to reach it and stay; None if the curve never does."""
+        reached = None
+        for step, seconds, value in self.curve:
+            if value >= target:
+                reached = reached or (step, seconds)
+            else:
+                reached = None
+        return reached
 
     def step_auroc(self) -> float:
         flat_y = np.asarray([y for r in self.labels for y in r])
@@ -149,12 +167,16 @@ def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_di
         f"train.log_every={args.log_every}", f"train.seed={args.seed}", "train.max_time_s=null",
         "train.progress=false", f"++train.chunk_batches={'null' if chunk_batches is None else chunk_batches}",
     ]
+    if args.curve:  # a checkpoint every --curve steps, all kept, scored after training
+        overrides += [f"train.save_every={args.curve}", "train.keep_checkpoints=100000"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose(config_name="prm_train", overrides=overrides)
     seen: dict[str, Any] = {"elapsed": 0.0, "tokens": 0, "padded": 0.0, "last_tokens": 0, "loss": math.nan}
+    at_step: dict[int, float] = {}
 
     def callback(state: Any, row: dict[str, float]) -> None:
         seen["elapsed"] = state.elapsed_s
+        at_step[state.step] = state.elapsed_s
         if "tokens" in row:  # a log row: tokens are cumulative, padding is the window's share
             new = row["tokens"] - seen["last_tokens"]
             seen["padded"] += new / max(1e-9, 1.0 - row.get("padding_frac", 0.0))
@@ -175,15 +197,25 @@ def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_di
     if st.dropped_no_label or st.truncated:
         print(f"warning: {name}: {st.truncated} held-out example(s) truncated, {st.dropped_no_label} dropped")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    logits = predict_logits(model, enc, pad, batch_size=256)
+    scores, labels = score_ours(model, enc, pad)
+    curve = []
+    for step in sorted(s for s in at_step if args.curve and s % args.curve == 0):
+        weights = run_dir / "checkpoints" / f"step-{step}" / "pytorch_model.bin"
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        curve.append((step, at_step[step], local_auroc(*score_ours(model, enc, pad)).auroc))
+    return Result(name, int(summary["step"]), seen["elapsed"], call_s, seen["tokens"], round(seen["padded"]),
+                  scores, labels, seen["loss"], curve)
+
+
+def score_ours(model: Any, enc: list[dict[str, Any]], pad: int) -> tuple[list[list[float]], list[list[float]]]:
+    """P(on track) at each labelled step of the encoded held-out examples, and the labels."""
     scores: list[list[float]] = []
     labels: list[list[float]] = []
-    for lg, ex in zip(logits, enc):
+    for lg, ex in zip(predict_logits(model, enc, pad, batch_size=256), enc):
         kept = [(1.0 / (1.0 + math.exp(-x)), float(t)) for x, t in zip(lg, ex["targets"]) if t is not None]
         scores.append([x for x, _ in kept])
         labels.append([t for _, t in kept])
-    return Result(name, int(summary["step"]), seen["elapsed"], call_s, seen["tokens"], round(seen["padded"]),
-                  scores, labels, seen["loss"])
+    return scores, labels
 
 
 # ---------------------------------------------------------------- TRL
@@ -218,6 +250,7 @@ def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir
     from transformers import (
         AutoModelForTokenClassification,
         DataCollatorForTokenClassification,
+        TrainerCallback,
     )
 
     PRMConfig, PRMTrainer, _ = import_trl()
@@ -241,7 +274,8 @@ def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir
         learning_rate=args.lr, warmup_steps=args.warmup, lr_scheduler_type="cosine_warmup_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": 0.1}, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
         adam_epsilon=1e-8, max_grad_norm=1.0, gradient_accumulation_steps=1, step_separator="\n",
-        train_on_last_step_only=False, max_length=max_length, report_to="none", save_strategy="no",
+        train_on_last_step_only=False, max_length=max_length, report_to="none",
+        save_strategy="steps" if args.curve else "no", save_steps=args.curve or 500, save_only_model=True,
         eval_strategy="no", logging_steps=args.log_every, use_cpu=True, bf16=False, fp16=False,
         disable_tqdm=True, seed=args.seed, data_seed=args.seed,
         dataloader_num_workers=0, **extra,
@@ -255,19 +289,42 @@ def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir
         counts["padded"] += batch["input_ids"].numel()
         return batch
 
+    at_step: dict[int, float] = {}
+
+    class Clock(TrainerCallback):
+        """Loop seconds at every optimizer step (from the start of training, as ``train_runtime``)."""
+
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, _args: Any, state: Any, *a: Any, **k: Any) -> None:
+            at_step[state.global_step] = time.perf_counter() - self.start
+
     out = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = PRMTrainer(model=model, args=config, data_collator=collate, train_dataset=train_ds,
-                             processing_class=tok)
+                             processing_class=tok, callbacks=[Clock()])
         result = trainer.train()
     call_s = time.perf_counter() - t0
     if args.verbose:
         print(out.getvalue(), end="")
 
-    model = trainer.model.eval()
     rows = [trl_layout(PRMTrainer.tokenize_row, tok, ex, max_length) for ex in held_out]
+    scores, labels = score_trl(trainer.model.eval(), tok, rows)
+    curve = []
+    for step in sorted(s for s in at_step if args.curve and s % args.curve == 0):
+        saved = AutoModelForTokenClassification.from_pretrained(str(out_dir / f"checkpoint-{step}"),
+                                                                local_files_only=True).eval()
+        curve.append((step, at_step[step], local_auroc(*score_trl(saved, tok, rows)).auroc))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return Result(name, int(result.global_step), float(result.metrics["train_runtime"]), call_s, counts["tokens"],
+                  counts["padded"], scores, labels, losses[-1] if losses else math.nan, curve)
+
+
+def score_trl(model: Any, tok: Any, rows: list[dict[str, list[int]]]) -> tuple[list[list[float]], list[list[float]]]:
+    """``softmax(logits)[..., 1]`` at TRL's label positions of each held-out row, and the labels."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     by_example: dict[int, tuple[list[float], list[float]]] = {}
     with torch.no_grad():
@@ -284,11 +341,7 @@ def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir
             for r, i in enumerate(idxs):
                 pos = [p for p, lab in enumerate(rows[i]["labels"]) if lab != -100]
                 by_example[i] = (probs[r, pos].tolist(), [float(rows[i]["labels"][p]) for p in pos])
-    scores = [by_example[i][0] for i in range(len(rows))]
-    labels = [by_example[i][1] for i in range(len(rows))]
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return Result(name, int(result.global_step), float(result.metrics["train_runtime"]), call_s, counts["tokens"],
-                  counts["padded"], scores, labels, losses[-1] if losses else math.nan)
+    return [by_example[i][0] for i in range(len(rows))], [by_example[i][1] for i in range(len(rows))]
 
 
 def compare_layouts(backbone: Path, held_out: list[StepwiseExample], max_length: int | None) -> str:
@@ -335,6 +388,9 @@ def parser() -> argparse.ArgumentParser:
                     "length-grouped sampling, TRL on the fused GELU our models get, ours with another batching strategy")
     ap.add_argument("--windows", nargs="*", type=int, default=[],
                     help="more rows: ours with windowed batching sorting N batches' worth together (default 2)")
+    ap.add_argument("--curve", type=int, default=0,
+                    help="every this many steps, a checkpoint of each trainer scored after training: the loop time "
+                         "each takes to reach TRL's final local AUROC (and stay there); divides --steps")
     ap.add_argument("--verbose", action="store_true", help="show both trainers' own logs")
     return ap
 
@@ -347,6 +403,8 @@ def default_batching() -> str:
 
 def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
     """Train every row on the same data and backbone; the results (ours first) and the header lines."""
+    if args.curve and (args.curve < 0 or args.steps % args.curve):
+        sys.exit(f"--curve {args.curve} must divide --steps {args.steps} (the final step is a point of the curve)")
     torch.set_num_threads(args.threads)
     if not args.verbose:
         import datasets
@@ -412,8 +470,13 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
 
 
 def rows(results: list[Result], batch_size: int) -> list[dict[str, Any]]:
-    """One dict per trainer: the table's columns (times relative to the first row, ours)."""
+    """One dict per trainer: the table's columns (times relative to the first row, ours). With
+    ``--curve``: the loop time each trainer takes to reach TRL's final local AUROC and stay at or
+    above it, and TRL's time to it over each row's."""
     base = results[0].loop_s
+    trl_row = next((r for r in results if r.name == "trl"), None)
+    target = trl_row.local_auroc() if trl_row is not None and trl_row.curve else None
+    trl_to = trl_row.time_to(target) if trl_row is not None and target is not None else None
     out = []
     for r in results:
         note = "" if r.n_steps == results[0].n_steps else f" ({r.n_steps} steps!)"
@@ -424,6 +487,14 @@ def rows(results: list[Result], batch_size: int) -> list[dict[str, Any]]:
             "step AUROC": f"{r.step_auroc():.4f}{note}", "local AUROC": round(r.local_auroc(), 4),
             "time ratio vs ours": round(r.loop_s / base, 2),
         })
+        if target is not None and r.curve:
+            reached = r.time_to(target)
+            out[-1].update({
+                "steps to TRL's local AUROC": reached[0] if reached else "never",
+                "s to TRL's local AUROC": round(reached[1], 1) if reached else "never",
+                "TRL's time to it / this": round(trl_to[1] / reached[1], 2) if reached and trl_to else "n/a",
+                "curve (step: local AUROC)": " ".join(f"{s}:{v:.3f}" for s, _, v in r.curve),
+            })
     return out
 
 
@@ -432,13 +503,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
     Starts from the trained policy of a demo run when there is one (``/work/demo_runs/*/sft/model``
     or ``runs/*/sft/model``), else a fresh tiny GPT-2 (then local AUROC is near 0.5 for both).
-    ``quick``: 200 steps x 32 on 3000 problems; otherwise 1000 steps x 64 on 16000.
+    ``quick``: 200 steps x 32 on 3000 problems; otherwise 1000 steps x 64 on 16000. Both score a
+    checkpoint every 100 steps (``--curve``): the time each takes to reach TRL's final local AUROC.
     """
     from search_throughput import default_policy
 
     policy = default_policy()
-    argv = ["--steps", "200", "--train-problems", "3000"] if quick else \
-        ["--steps", "1000", "--batch-size", "64", "--train-problems", "16000", "--eval-problems", "500"]
+    argv = ["--steps", "200", "--train-problems", "3000", "--curve", "100"] if quick else \
+        ["--steps", "1000", "--batch-size", "64", "--train-problems", "16000", "--eval-problems", "500", "--curve", "100"]
     if policy:
         argv += ["--backbone", policy]
     args = parser().parse_args(argv)

@@ -12,6 +12,14 @@ Samples come in groups of completions of one prompt. Scalar (outcome) rewards ar
   normalised rewards of the steps ending at or after it.
 - ``min_form_advantages``: PURE's min-form credit (Cheng et al. 2025, "Stop Summation: Min-Form
   Credit Assignment Is All Process Reward Model Needs for Reasoning", arXiv:2504.15275).
+- ``baseline_advantages``: the PRM as a critic, not a reward (a learned baseline, as in
+  actor-critic methods and Setlur et al. 2024's process advantages): a token of step ``k`` gets
+  ``group mean of R - V_{k-1}``, with ``V_{k-1}`` the process score after the previous step (0 on
+  the first step and after the last); added to Dr. GRPO's ``R - group mean`` with weight ``w`` it
+  makes the token's advantage ``R - ((1 - w) * group mean + w * V_{k-1})``. The baseline depends
+  only on tokens before the step, so the policy gradient stays unbiased whatever the PRM's errors
+  (the PRM cannot be gamed: the reward is the outcome alone); a good PRM lowers its variance and
+  gives credit inside groups whose outcomes are all equal, where GRPO learns nothing.
 - ``broadcast_to_tokens`` and ``mix_advantages``: a per-sample advantage on every completion token,
   and ``w_process * process + w_outcome * outcome`` per token.
 
@@ -274,6 +282,39 @@ def min_form_advantages(
     rewards, ok, lens = _checked_steps(step_rewards, step_ends, lengths, group_size, valid)
     mins = [r.flip(0).cummin(0).values.flip(0) if len(r) else r for r in rewards]
     returns = _normalise_steps(mins, ok, group_size, scale_by_std, eps)
+    return _spread(returns, step_ends, lens, ok, max_len)
+
+
+def baseline_advantages(
+    step_values: StepRewards,
+    step_ends: StepEnds,
+    lengths: Lengths,
+    group_size: int,
+    outcome: Rewards,
+    *,
+    valid: Valid | None = None,
+    max_len: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The PRM as a critic: per-token ``group mean of R - V_{k-1}`` (N, max_len) and the mask.
+
+    ``step_values``: each sample's process scores (``V_k``, the score after step ``k``);
+    ``outcome``: each sample's scalar reward ``R`` (flat, or (num_groups, group_size)). Tokens of
+    a sample's first step, after its last step, and of a sample without steps get 0 (their
+    baseline stays the group mean); a sample whose outcome or any step value is None/NaN is
+    invalid (0, masked). The group mean is over the group's valid samples. Unlike the normalised
+    advantages, a group whose outcomes are all equal still gets advantages here (``R - V``).
+    """
+    values, ok, lens = _checked_steps(step_values, step_ends, lengths, group_size, valid)
+    r = _as_float(outcome).reshape(-1)
+    if r.numel() != len(values):
+        raise ValueError(f"{r.numel()} outcome rewards for {len(values)} samples")
+    ok &= ~torch.isnan(r)
+    groups = torch.arange(len(values)) // group_size
+    zeros = torch.zeros(len(values) // group_size)
+    count = zeros.index_add(0, groups[ok], torch.ones(int(ok.sum())))
+    mean = zeros.index_add(0, groups[ok], r[ok]) / count.clamp(min=1)
+    returns = [torch.cat([torch.zeros(1), mean[groups[i]] - v[:-1]]) if ok[i] and len(v) else torch.zeros(len(v))
+               for i, v in enumerate(values)]
     return _spread(returns, step_ends, lens, ok, max_len)
 
 

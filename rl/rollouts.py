@@ -12,6 +12,9 @@ weights (outcome: a weighted mean of the scalar graders; process: a weighted mea
 graders), each kind is normalised within its group (outcome: GRPO, Dr. GRPO or RLOO; process:
 DeepSeekMath's summed credit or PURE's min-form credit), and the token advantage is
 ``W_outcome * A_outcome + W_process * A_process`` with ``W_kind`` the sum of that kind's weights.
+``process=baseline`` (with ``outcome=dr_grpo``) uses the process scores as a critic instead of a
+reward: ``A_process`` moves the outcome's baseline from the group mean towards the score after
+the previous step (``rl.advantages.baseline_advantages``).
 A sample that a grader could not grade (None/NaN) is masked out of the loss.
 
 Step rewards sit on each step's last token, found with ``prm.steps.step_end_chars`` on the
@@ -42,7 +45,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.steps import policy_prompt, step_end_chars, step_end_token_indices
 from prm.worlds import Task, World
-from rl.advantages import grpo_advantages, min_form_advantages, process_advantages, rloo_advantages
+from rl.advantages import (
+    baseline_advantages,
+    grpo_advantages,
+    min_form_advantages,
+    process_advantages,
+    rloo_advantages,
+)
 from rl.losses import token_logprobs
 from rl.prm_refresh import PRMRefresh
 from rl.rewards import Reward, Rollout
@@ -56,13 +65,17 @@ class AdvantageConfig:
     """How rewards become advantages (see the module docstring)."""
 
     outcome: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    process: Literal["sum", "min"] = "sum"  # DeepSeekMath 4.1.3 | PURE min-form
+    process: Literal["sum", "min", "baseline"] = "sum"  # DeepSeekMath 4.1.3 | PURE min-form | the PRM as a critic
 
     def __post_init__(self) -> None:
         if self.outcome not in ("grpo", "dr_grpo", "rloo"):
             raise ValueError(f"advantage.outcome must be grpo, dr_grpo or rloo (got {self.outcome!r})")
-        if self.process not in ("sum", "min"):
-            raise ValueError(f"advantage.process must be sum or min (got {self.process!r})")
+        if self.process not in ("sum", "min", "baseline"):
+            raise ValueError(f"advantage.process must be sum, min or baseline (got {self.process!r})")
+        if self.process == "baseline" and self.outcome != "dr_grpo":
+            raise ValueError(f"advantage.process=baseline moves Dr. GRPO's baseline (R - mean, not divided by the "
+                             f"group's std) towards the PRM's values: set advantage.outcome=dr_grpo (got "
+                             f"{self.outcome!r})")
 
 
 @dataclass(frozen=True)
@@ -241,8 +254,13 @@ class RolloutSource:
                     raise RuntimeError(f"sample {i}: {len(steps)} step rewards for {len(rollouts[i].steps)} steps "
                                        f"(the grader and prm.steps disagree on the steps of {flat[i][2].text!r})")
                 process[i] = [steps[j] for j in kept]
-            fn = process_advantages if self.adv.process == "sum" else min_form_advantages
-            a, mask = fn(process, ends, lengths, cfg.group_size, max_len=adv.shape[1])
+            if self.adv.process == "baseline":  # the PRM as a critic of the outcome reward (rl.advantages)
+                if outcome is None:
+                    raise ValueError("advantage.process=baseline needs an outcome reward (the PRM is its baseline)")
+                a, mask = baseline_advantages(process, ends, lengths, cfg.group_size, outcome, max_len=adv.shape[1])
+            else:
+                fn = process_advantages if self.adv.process == "sum" else min_form_advantages
+                a, mask = fn(process, ends, lengths, cfg.group_size, max_len=adv.shape[1])
             adv += w_proc * a
             valid &= mask.any(dim=1) | (torch.tensor(lengths) == 0)
 

@@ -1,4 +1,4 @@
-"""GRPO-family advantages: hand-computed outcome, RLOO, process (sum-form) and PURE min-form cases.
+"""GRPO-family advantages: hand-computed outcome, RLOO, process (sum-form), PURE min-form and PRM-baseline cases.
 
 Expected numbers are written out; the arithmetic is in the comments. std is the unbiased one.
 """
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rl.advantages import (
+    baseline_advantages,
     broadcast_to_tokens,
     grpo_advantages,
     min_form_advantages,
@@ -200,3 +201,39 @@ def test_mix_weights_process_and_outcome_per_token() -> None:
     assert mask.tolist() == pmask.tolist()
     adv, mask = mix_advantages(process, pmask, torch.tensor([0.0, -1.0]), torch.tensor([False, True]), [7, 5])
     assert not mask[0].any() and adv[0].tolist() == [0.0] * 7  # invalid outcome drops the sample
+
+
+def test_baseline_hand_computed() -> None:
+    # group of 2, outcomes [1, 0]: mean .5
+    # A: values [.9, .6, .8] at [1, 3, 4], 6 tokens: step 1 -> 0, step 2 -> .5 - .9, step 3 -> .5 - .6, token 5 -> 0
+    # B: values [.3, .2] at [2, 4], 5 tokens: step 1 (tokens 0-2) -> 0, step 2 (3-4) -> .5 - .3
+    values, ends, lengths, outcome = [[0.9, 0.6, 0.8], [0.3, 0.2]], [[1, 3, 4], [2, 4]], [6, 5], [1.0, 0.0]
+    adv, mask = baseline_advantages(values, ends, lengths, 2, outcome)
+    close(adv, [[0, 0, -0.4, -0.4, -0.1, 0], [0, 0, 0, 0.2, 0.2, 0]])
+    assert mask.tolist() == [[True] * 6, [True] * 5 + [False]]
+    # plus Dr. GRPO's R - mean (+.5, -.5) at weight 1: R minus the previous step's value, the group mean on step 1
+    total = adv + torch.tensor([[0.5] * 6, [-0.5] * 5 + [0.0]])
+    close(total, [[0.5, 0.5, 1 - 0.9, 1 - 0.9, 1 - 0.6, 0.5], [-0.5, -0.5, -0.5, 0 - 0.3, 0 - 0.3, 0]])
+
+
+def test_baseline_gives_credit_where_outcomes_are_equal_and_masks_ungraded() -> None:
+    # both right: GRPO gives 0; the baseline gives 1 - .4 after a step the PRM doubted (via mean 1 - .4 = .6)
+    adv, _ = baseline_advantages([[0.4, 0.7], [0.9, 1.0]], [[0, 1], [0, 1]], [2, 2], 2, [1.0, 1.0])
+    close(adv, [[0, 0.6], [0, 0.1]])
+    # an ungraded outcome (None) masks its sample and leaves the others' mean: group mean 0 from B alone
+    adv, mask = baseline_advantages([[0.5, 0.5], [0.2, 0.1]], [[0, 1], [0, 1]], [2, 2], 2, [None, 0.0])
+    close(adv, [[0, 0], [0, -0.2]])
+    assert mask.tolist() == [[False, False], [True, True]]
+    # a NaN step value masks its sample; a sample without steps keeps the group-mean baseline (0 here)
+    adv, mask = baseline_advantages([[float("nan")], []], [[0], []], [1, 2], 2, [1.0, 0.0])
+    assert mask.tolist() == [[False, False], [True, True]] and torch.equal(adv, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="3 outcome rewards for 2 samples"):
+        baseline_advantages([[0.5], [0.5]], [[0], [0]], [1, 1], 2, [1.0, 0.0, 1.0])
+
+
+def test_baseline_needs_dr_grpo() -> None:
+    from rl.rollouts import AdvantageConfig
+
+    AdvantageConfig(outcome="dr_grpo", process="baseline")
+    with pytest.raises(ValueError, match="advantage.outcome=dr_grpo"):
+        AdvantageConfig(outcome="grpo", process="baseline")

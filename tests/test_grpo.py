@@ -232,6 +232,22 @@ def test_outcome_rl_raises_true_held_out_accuracy_not_only_its_reward(tmp_path: 
     assert last["process_correct"] >= first["process_correct"] + 0.05, (first, last)  # right for the right reasons
 
 
+def test_rl_with_the_prm_as_a_baseline_trains_and_needs_both_rewards(tmp_path: Path, tiny_policy: Path,
+                                                                       tiny_prm: Path) -> None:
+    from rl.grpo import RLConfigError
+
+    base = ["reward=prm", f"scorer.model_or_path={tiny_prm}", "rl.advantage.outcome=dr_grpo",
+            "rl.advantage.process=baseline", "train.max_steps=2"]
+    summary = run(_cfg(tmp_path / "rl", tiny_policy, *base))
+    trained = load_file(str(tmp_path / "rl" / "model" / "model.safetensors"))
+    start = load_file(str(tiny_policy / "model.safetensors"))
+    assert summary["step"] == 2 and any(not torch.equal(trained[k], start[k]) for k in trained)
+    with pytest.raises(RLConfigError, match="needs both"):
+        run(_cfg(tmp_path / "no-outcome", tiny_policy, *base, "~reward.digits"))
+    with pytest.raises(RLConfigError, match="advantage.outcome=dr_grpo"):
+        run(_cfg(tmp_path / "grpo", tiny_policy, *base, "rl.advantage.outcome=grpo"))
+
+
 def test_a_prm_with_another_tokenizer_than_the_policy_scores_text(tmp_path: Path, tiny_policy: Path) -> None:
     """The PRM reads text, so its tokenizer may differ from the policy's (here: a BPE PRM, a character policy)."""
     from prm.data.arith import ARITH_FORMAT

@@ -277,6 +277,7 @@ def test_every_preset_builds(world: World) -> None:
         "oracle": [("outcome", "outcome", "OutcomeReward", 1.0), ("oracle", "process", "OracleProcessReward", 0.2)],
         "outcome": [("outcome", "outcome", "OutcomeReward", 1.0)],
         "prm": [("outcome", "outcome", "OutcomeReward", 1.0), ("prm", "process", "ProcessReward", 0.2)],
+        "prm_baseline": [("outcome", "outcome", "OutcomeReward", 1.0), ("prm", "process", "ProcessReward", 0.5)],
         "prm_only": [("prm", "process", "ProcessReward", 1.0)],
     }
     batch = rollouts(world, RIGHT, NO_ANSWER)

@@ -180,9 +180,9 @@ def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run(quick: bool) -> list[dict[str, Any]]:
     """For ``benchmarks/run_all.py``: the demo's trained policy if there is one, else a fresh model
     (``quick``: 16 problems x 16 samples; otherwise the defaults, 64 x 16)."""
-    from search_throughput import default_policy
+    from trained_policy import trained_policy
 
-    policy = default_policy()
+    policy, _ = trained_policy()
     argv = ([policy] if policy else []) + (["--problems", "16"] if quick else [])
     return measure_all(parser().parse_args(argv))
 

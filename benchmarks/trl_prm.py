@@ -501,14 +501,14 @@ def rows(results: list[Result], batch_size: int) -> list[dict[str, Any]]:
 def run(quick: bool) -> list[dict[str, Any]]:
     """prm-train (default batching) against TRL's PRMTrainer, for ``benchmarks/run_all.py``.
 
-    Starts from the trained policy of a demo run when there is one (``/work/demo_runs/*/sft/model``
-    or ``runs/*/sft/model``), else a fresh tiny GPT-2 (then local AUROC is near 0.5 for both).
+    Starts from the trained policy of ``benchmarks/trained_policy.py`` (``$PRM_BENCH_POLICY``, else
+    the demo's ``runs/demo/sft/model``), else a fresh tiny GPT-2 (then local AUROC is near 0.5 for both).
     ``quick``: 200 steps x 32 on 3000 problems; otherwise 1000 steps x 64 on 16000. Both score a
     checkpoint every 100 steps (``--curve``): the time each takes to reach TRL's final local AUROC.
     """
-    from search_throughput import default_policy
+    from trained_policy import trained_policy
 
-    policy = default_policy()
+    policy, _ = trained_policy()
     argv = ["--steps", "200", "--train-problems", "3000", "--curve", "100"] if quick else \
         ["--steps", "1000", "--batch-size", "64", "--train-problems", "16000", "--eval-problems", "500", "--curve", "100"]
     if policy:

@@ -56,7 +56,8 @@ def generic(rows: list[Row]) -> list[tuple[str, str]]:
 
 def search_cache(rows: list[Row]) -> list[tuple[str, str]]:
     return [(f"{r['strategy']} N={r['n']}", f"wall {r['x_bon']:.2f}x best-of-N ({r['x_bon_per_token']:.2f}x per generated "
-             f"token); prompt tok / generated tok {r['prompt_per_gen']:.3f}; cache reuse on/off wall {r['x_off']:.2f}x")
+             f"token); prefilled / generated tok {r['prefill_per_gen']:.3f} (prompt tok {r['prompt_per_gen']:.3f}); "
+             f"cache reuse on/off wall {r['x_off']:.2f}x")
             for r in rows if r["reuse_cache"]]
 
 

@@ -20,6 +20,8 @@ Samples come in groups of completions of one prompt. Scalar (outcome) rewards ar
   only on tokens before the step, so the policy gradient stays unbiased whatever the PRM's errors
   (the PRM cannot be gamed: the reward is the outcome alone); a good PRM lowers its variance and
   gives credit inside groups whose outcomes are all equal, where GRPO learns nothing.
+  With ``centred`` the baseline moves by ``V_{k-1}`` minus the group's mean score at the same
+  depth instead: only the PRM's ranking of prefixes counts, not its level.
 - ``broadcast_to_tokens`` and ``mix_advantages``: a per-sample advantage on every completion token,
   and ``w_process * process + w_outcome * outcome`` per token.
 
@@ -294,8 +296,14 @@ def baseline_advantages(
     *,
     valid: Valid | None = None,
     max_len: int | None = None,
+    centred: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The PRM as a critic: per-token ``group mean of R - V_{k-1}`` (N, max_len) and the mask.
+
+    ``centred``: ``m_{k-1} - V_{k-1}`` instead, with ``m_{k-1}`` the mean of ``V_{k-1}`` over the
+    group's valid samples that have a step ``k-1``: only how the PRM ranks a prefix against the
+    group's other prefixes of the same depth moves the baseline, not its level (a PRM whose score
+    is not a success probability, e.g. P(every step so far right), is mis-centred otherwise).
 
     ``step_values``: each sample's process scores (``V_k``, the score after step ``k``);
     ``outcome``: each sample's scalar reward ``R`` (flat, or (num_groups, group_size)). Tokens of
@@ -313,8 +321,22 @@ def baseline_advantages(
     zeros = torch.zeros(len(values) // group_size)
     count = zeros.index_add(0, groups[ok], torch.ones(int(ok.sum())))
     mean = zeros.index_add(0, groups[ok], r[ok]) / count.clamp(min=1)
-    returns = [torch.cat([torch.zeros(1), mean[groups[i]] - v[:-1]]) if ok[i] and len(v) else torch.zeros(len(v))
-               for i, v in enumerate(values)]
+    centre: dict[tuple[int, int], float] = {}
+    if centred:  # the mean score after step j among the group's valid samples that have it
+        sums: dict[tuple[int, int], list[float]] = {}
+        for i, v in enumerate(values):
+            if ok[i]:
+                for j, x in enumerate(v.tolist()):
+                    sums.setdefault((int(groups[i]), j), []).append(x)
+        centre = {key: sum(xs) / len(xs) for key, xs in sums.items()}
+    returns = []
+    for i, v in enumerate(values):
+        if not (ok[i] and len(v)):
+            returns.append(torch.zeros(len(v)))
+            continue
+        level = torch.tensor([centre[(int(groups[i]), j)] for j in range(len(v) - 1)]) if centred \
+            else mean[groups[i]].expand(len(v) - 1)
+        returns.append(torch.cat([torch.zeros(1), level - v[:-1]]))
     return _spread(returns, step_ends, lens, ok, max_len)
 
 

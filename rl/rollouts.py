@@ -65,14 +65,14 @@ class AdvantageConfig:
     """How rewards become advantages (see the module docstring)."""
 
     outcome: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    process: Literal["sum", "min", "baseline"] = "sum"  # DeepSeekMath 4.1.3 | PURE min-form | the PRM as a critic
+    process: Literal["sum", "min", "baseline", "baseline_centred"] = "sum"  # DeepSeekMath | PURE | the PRM as a critic
 
     def __post_init__(self) -> None:
         if self.outcome not in ("grpo", "dr_grpo", "rloo"):
             raise ValueError(f"advantage.outcome must be grpo, dr_grpo or rloo (got {self.outcome!r})")
-        if self.process not in ("sum", "min", "baseline"):
-            raise ValueError(f"advantage.process must be sum, min or baseline (got {self.process!r})")
-        if self.process == "baseline" and self.outcome != "dr_grpo":
+        if self.process not in ("sum", "min", "baseline", "baseline_centred"):
+            raise ValueError(f"advantage.process must be sum, min, baseline or baseline_centred (got {self.process!r})")
+        if self.process.startswith("baseline") and self.outcome != "dr_grpo":
             raise ValueError(f"advantage.process=baseline moves Dr. GRPO's baseline (R - mean, not divided by the "
                              f"group's std) towards the PRM's values: set advantage.outcome=dr_grpo (got "
                              f"{self.outcome!r})")
@@ -254,10 +254,11 @@ class RolloutSource:
                     raise RuntimeError(f"sample {i}: {len(steps)} step rewards for {len(rollouts[i].steps)} steps "
                                        f"(the grader and prm.steps disagree on the steps of {flat[i][2].text!r})")
                 process[i] = [steps[j] for j in kept]
-            if self.adv.process == "baseline":  # the PRM as a critic of the outcome reward (rl.advantages)
+            if self.adv.process.startswith("baseline"):  # the PRM as a critic of the outcome reward (rl.advantages)
                 if outcome is None:
                     raise ValueError("advantage.process=baseline needs an outcome reward (the PRM is its baseline)")
-                a, mask = baseline_advantages(process, ends, lengths, cfg.group_size, outcome, max_len=adv.shape[1])
+                a, mask = baseline_advantages(process, ends, lengths, cfg.group_size, outcome, max_len=adv.shape[1],
+                                              centred=self.adv.process == "baseline_centred")
             else:
                 fn = process_advantages if self.adv.process == "sum" else min_form_advantages
                 a, mask = fn(process, ends, lengths, cfg.group_size, max_len=adv.shape[1])

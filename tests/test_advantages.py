@@ -231,9 +231,23 @@ def test_baseline_gives_credit_where_outcomes_are_equal_and_masks_ungraded() -> 
         baseline_advantages([[0.5], [0.5]], [[0], [0]], [1, 1], 2, [1.0, 0.0, 1.0])
 
 
+def test_centred_baseline_uses_the_groups_mean_score_at_the_same_depth() -> None:
+    # A: values [.9, .6, .8] at [1, 3, 4]; B: [.3, .2] at [2, 4]; depth means after step 1: (.9 + .3) / 2 = .6,
+    # after step 2: (.6 + .2) / 2 = .4 (both have it), after step 3: .8 (A alone; never a baseline)
+    # A: step 2 -> .6 - .9 = -.3, step 3 -> .4 - .6 = -.2; B: step 2 -> .6 - .3 = .3
+    values, ends, lengths, outcome = [[0.9, 0.6, 0.8], [0.3, 0.2]], [[1, 3, 4], [2, 4]], [6, 5], [1.0, 0.0]
+    adv, mask = baseline_advantages(values, ends, lengths, 2, outcome, centred=True)
+    close(adv, [[0, 0, -0.3, -0.3, -0.2, 0], [0, 0, 0, 0.3, 0.3, 0]])
+    # the level of the scores does not matter, only their differences within the group at a depth
+    shifted, _ = baseline_advantages([[x + 0.05 for x in v] for v in values], ends, lengths, 2, outcome, centred=True)
+    close(shifted, adv.tolist())
+
+
 def test_baseline_needs_dr_grpo() -> None:
     from rl.rollouts import AdvantageConfig
 
     AdvantageConfig(outcome="dr_grpo", process="baseline")
     with pytest.raises(ValueError, match="advantage.outcome=dr_grpo"):
         AdvantageConfig(outcome="grpo", process="baseline")
+    with pytest.raises(ValueError, match="advantage.outcome=dr_grpo"):
+        AdvantageConfig(outcome="rloo", process="baseline_centred")

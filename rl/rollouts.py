@@ -14,7 +14,8 @@ DeepSeekMath's summed credit or PURE's min-form credit), and the token advantage
 ``W_outcome * A_outcome + W_process * A_process`` with ``W_kind`` the sum of that kind's weights.
 ``process=baseline`` (with ``outcome=dr_grpo``) uses the process scores as a critic instead of a
 reward: ``A_process`` moves the outcome's baseline from the group mean towards the score after
-the previous step (``rl.advantages.baseline_advantages``).
+the previous step (``rl.advantages.baseline_advantages``; ``baseline_centred``: by the score's
+difference from the group's mean score at the same depth, the PRM's ranking only).
 A sample that a grader could not grade (None/NaN) is masked out of the loss.
 
 Step rewards sit on each step's last token, found with ``prm.steps.step_end_chars`` on the

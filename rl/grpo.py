@@ -161,7 +161,7 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
     print("[rl] rewards: " + ", ".join(f"{rw.name} ({rw.kind}, weight {w:g})" for rw, w in rewards))
     kinds = {rw.kind for rw, _ in rewards}
     if advantage.process.startswith("baseline") and kinds != {"outcome", "process"}:
-        raise RLConfigError(f"rl.advantage.process=baseline uses a process reward (the PRM) as the baseline of an "
+        raise RLConfigError(f"rl.advantage.process={advantage.process} uses a process reward (the PRM) as the baseline of an "
                             f"outcome reward: the reward config needs both (got {sorted(kinds)})")
     monitor_scorer = factory() if (made or cfg.monitor.prm) and cfg.scorer.get("model_or_path") else None
     refresh = None

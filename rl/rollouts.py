@@ -74,7 +74,7 @@ class AdvantageConfig:
         if self.process not in ("sum", "min", "baseline", "baseline_centred"):
             raise ValueError(f"advantage.process must be sum, min, baseline or baseline_centred (got {self.process!r})")
         if self.process.startswith("baseline") and self.outcome != "dr_grpo":
-            raise ValueError(f"advantage.process=baseline moves Dr. GRPO's baseline (R - mean, not divided by the "
+            raise ValueError(f"advantage.process={self.process} moves Dr. GRPO's baseline (R - mean, not divided by the "
                              f"group's std) towards the PRM's values: set advantage.outcome=dr_grpo (got "
                              f"{self.outcome!r})")
 
@@ -257,7 +257,8 @@ class RolloutSource:
                 process[i] = [steps[j] for j in kept]
             if self.adv.process.startswith("baseline"):  # the PRM as a critic of the outcome reward (rl.advantages)
                 if outcome is None:
-                    raise ValueError("advantage.process=baseline needs an outcome reward (the PRM is its baseline)")
+                    raise ValueError(f"advantage.process={self.adv.process} needs an outcome reward (the PRM is "
+                                     "its baseline)")
                 a, mask = baseline_advantages(process, ends, lengths, cfg.group_size, outcome, max_len=adv.shape[1],
                                               centred=self.adv.process == "baseline_centred")
             else:

@@ -10,9 +10,11 @@ fresh token-classification head:
 - ``ours``: ``prm.prm_train.run`` composed with Hydra overrides (``data=stepwise``, ``init_from``,
   no validation split, no periodic eval or checkpoint; the loop still writes one final checkpoint
   and the model, which only the ``call s`` column pays for). One logit per token, BCE at the token
-  of the separator after each step, batches by ``train.batching`` (conf/prm_train.yaml's, or
-  ``--batching``; ``--extra ours-bucketed ours-windowed ours-random`` add rows with the others,
-  ``--windows 2 8`` rows of windowed batching with other window sizes).
+  of the separator after each step, batches by ``train.batching`` and ``train.splits``
+  (conf/prm_train.yaml's, or ``--batching``; ``mixed`` is ``random`` batches each run as
+  ``--splits`` micro-batches cut by length, ``random`` one whole batch; ``--extra ours-bucketed
+  ours-windowed ours-random`` add rows with the others, ``--windows 2 8`` rows of windowed
+  batching with other window sizes).
 - ``trl``: ``trl.experimental.prm.PRMTrainer`` (up to TRL 1.13; older releases export it as
   ``trl.PRMTrainer``; TRL 1.14.2 and 1.16 no longer have it) with ``PRMConfig``: the same
   max_steps, batch size, lr, warm-up, cosine-to-10% schedule (``cosine_warmup_with_min_lr``),
@@ -155,15 +157,14 @@ def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_di
                held_out: list[StepwiseExample], batching: str, name: str, chunk_batches: int | None = None) -> Result:
     # mixed: each optimizer step is one shuffled batch of --batch-size, in --splits length-sorted micro-batches
     splits = args.splits if batching == "mixed" else 1
-    if args.batch_size % splits:
-        sys.exit(f"--batch-size {args.batch_size} is not divisible by --splits {splits}")
     overrides = [
         "data=stepwise", f"data.path={data_path}", f"init_from={backbone}", f"run_dir={run_dir}",
         "val_fraction=0", f"seed={args.seed}",
-        f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size // splits}", f"train.lr={args.lr}",
+        f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
         f"train.warmup_steps={args.warmup}", "train.schedule=cosine", "train.min_lr_ratio=0.1",
-        "train.weight_decay=0.1", "train.betas=[0.9,0.95]", "train.max_grad_norm=1.0", f"train.grad_accum={splits}",
-        f"train.batching={batching}", "train.mixed_precision=no", "train.eval_every=0", "train.save_every=0",
+        "train.weight_decay=0.1", "train.betas=[0.9,0.95]", "train.max_grad_norm=1.0", "train.grad_accum=1",
+        f"train.batching={'random' if batching == 'mixed' else batching}", f"train.splits={splits}",
+        "train.mixed_precision=no", "train.eval_every=0", "train.save_every=0",
         f"train.log_every={args.log_every}", f"train.seed={args.seed}", "train.max_time_s=null",
         "train.progress=false", f"++train.chunk_batches={'null' if chunk_batches is None else chunk_batches}",
     ]
@@ -378,7 +379,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--n-positions", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--splits", type=int, default=4, help="batching=mixed: length-sorted micro-batches per step")
+    ap.add_argument("--splits", type=int, default=None,
+                    help="batching=mixed: length-sorted micro-batches per step (default conf/prm_train.yaml's "
+                         "train.splits when above 1, else 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--batching", default=None, choices=OURS,
@@ -395,10 +398,13 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def default_batching() -> str:
-    """``train.batching`` of conf/prm_train.yaml (what ``prm-train`` uses unless told otherwise)."""
+def default_batching() -> tuple[str, int]:
+    """The row name of conf/prm_train.yaml's ``train.batching`` (``mixed`` for random batches with
+    ``train.splits`` above 1: what ``prm-train`` uses unless told otherwise) and its splits."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return str(compose(config_name="prm_train").train.batching)
+        train = compose(config_name="prm_train").train
+    splits = int(train.get("splits", 1))
+    return ("mixed" if train.batching == "random" and splits > 1 else str(train.batching)), splits
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
@@ -415,7 +421,12 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
         datasets.disable_progress_bars()
     _, _, trl_version = import_trl()
     world = ArithConfig()
-    batching = args.batching or default_batching()
+    conf_batching, conf_splits = default_batching()
+    batching = args.batching or conf_batching
+    if args.splits is None:
+        args.splits = conf_splits if conf_splits > 1 else 4
+    if args.splits < 1:
+        sys.exit(f"--splits {args.splits} must be at least 1")
 
     with tempfile.TemporaryDirectory(prefix="trl-prm-bench-") as tmp:
         root = Path(tmp)
@@ -429,7 +440,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
         context = getattr(lm.config, "n_positions", None) or getattr(lm.config, "max_position_embeddings", None)
         shape = f"{lm.config.model_type}, {parameter_count(lm):,} parameters, context {context}"
         del lm
-        results = [train_ours(args, data_path, backbone, root / "ours", held_out, batching, f"ours ({batching})")]
+        label = f"ours ({batching}, {args.splits} splits)" if batching == "mixed" else f"ours ({batching})"
+        results = [train_ours(args, data_path, backbone, root / "ours", held_out, batching, label)]
         results.append(train_trl(args, data_path, backbone, root / "trl", held_out, "trl"))
         if "trl-gradckpt" in args.extra:
             results.append(train_trl(args, data_path, backbone, root / "trl-gc", held_out, "trl, grad ckpt",

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from prm.models.label_forward import label_logits
 from prm.train.batching import pack_rows
 from prm.train.loop import LOSS_WEIGHT
 
@@ -103,13 +104,22 @@ def bce_on_labels(
     if logits.shape != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in shape")
     mask = labels != IGNORE_LABEL
-    n = int(mask.sum().item())
+    if not bool(mask.any()):
+        return bce_on_steps(logits.sum() * 0.0, labels[mask])  # keeps the graph: backward() gives zero gradients
+    return bce_on_steps(logits[mask], labels[mask], pos_weight=pos_weight, neg_weight=neg_weight)
+
+
+def bce_on_steps(
+    x: torch.Tensor, y: torch.Tensor, *, pos_weight: float = 1.0, neg_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``bce_on_labels`` on the labelled positions' logits ``x`` and targets ``y`` (flat, same length; a
+    0-dim ``x`` with an empty ``y`` is the loss of a batch without a label: ``x``, all metrics 0)."""
+    n = y.numel()
     if n == 0:
-        zero = logits.sum() * 0.0  # keeps the graph: backward() works and gives zero gradients
-        none = torch.zeros((), device=logits.device)
-        return zero, {"step_acc": none, "frac_pos": none, "labelled_steps": none}
-    x = logits[mask].float()
-    y = labels[mask].float()
+        none = torch.zeros((), device=x.device)
+        return x.sum() * 0.0, {"step_acc": none, "frac_pos": none, "labelled_steps": none}
+    x = x.float()
+    y = y.float()
     per_step = -(pos_weight * y * F.logsigmoid(x) + neg_weight * (1.0 - y) * F.logsigmoid(-x))
     loss = per_step.sum() / n
     with torch.no_grad():
@@ -154,14 +164,23 @@ def check_packing(model: torch.nn.Module, pad_token_id: int, examples: Sequence[
 
 @dataclass(frozen=True)
 class PRMLoss:
-    """``loss_fn(model, batch)`` for ``prm.train.loop.train``: ``bce_on_labels`` on the model's logits."""
+    """``loss_fn(model, batch)`` for ``prm.train.loop.train``: ``bce_on_labels`` on the model's logits at the
+    labelled positions (``prm.models.label_forward.label_logits``: the last layer runs only there)."""
 
     pos_weight: float = 1.0
     neg_weight: float = 1.0
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, metrics = bce_on_labels(token_logits_of(model, batch), batch["labels"], pos_weight=self.pos_weight,
-                                      neg_weight=self.neg_weight)
+        labels = batch["labels"]
+        mask = labels != IGNORE_LABEL
+        if bool(mask.any()):
+            x = label_logits(model, batch, mask)
+            if x.shape != (int(mask.sum()),):
+                raise ValueError(f"a PRM has one logit per token (got {tuple(x.shape)} logits for "
+                                 f"{int(mask.sum())} labelled steps)")
+            loss, metrics = bce_on_steps(x, labels[mask], pos_weight=self.pos_weight, neg_weight=self.neg_weight)
+        else:  # nothing to read: the full forward's zero loss (a graph through every parameter)
+            loss, metrics = bce_on_labels(token_logits_of(model, batch), labels)
         return loss, {**metrics, LOSS_WEIGHT: metrics["labelled_steps"]}  # the mean is over labelled steps
 
 

@@ -61,10 +61,11 @@ from prm.data.stepwise import (
 )
 from prm.evaluation.metrics import auroc, local_auroc
 from prm.io import atomic_write_text, write_json
+from prm.models.label_forward import label_logits
 from prm.models.loading import ModelLoadError, TinyGPTConfig, load_tokenizer, parameter_count
 from prm.models.prm_inputs import encode_steps
 from prm.models.prm_model import build_prm
-from prm.prm_loss import PRMLoss, check_packing, class_weights, flat_targets, prm_collate, token_logits_of
+from prm.prm_loss import PRMLoss, check_packing, class_weights, flat_targets, prm_collate
 from prm.steps import PLAIN, StepFormat, save_step_format
 from prm.train.loop import Callback, TrainConfig, train
 
@@ -299,10 +300,17 @@ def predict_logits(model: torch.nn.Module, data: Sequence[dict[str, Any]], pad_t
     for start in range(0, len(order), batch_size):
         idxs = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([data[i] for i in idxs]).items()}
-        with autocast():
-            logits = token_logits_of(model, batch).float()
+        mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         for row, i in enumerate(idxs):
-            out[i] = logits[row, data[i]["positions"]].tolist()
+            mask[row, data[i]["positions"]] = True
+        with autocast():
+            values = label_logits(model, batch, mask).float().tolist()  # row-major: by row, then position
+        at = 0
+        for row, i in enumerate(idxs):
+            read = sorted(set(data[i]["positions"]))
+            by_position = dict(zip(read, values[at : at + len(read)]))
+            at += len(read)
+            out[i] = [by_position[p] for p in data[i]["positions"]]
     model.train(was_training)
     return out
 

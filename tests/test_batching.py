@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prm.train import TrainConfig, pad_collate, padding_fraction, plan_batches, train
-from prm.train.batching import pack_rows
+from prm.train.batching import pack_rows, split_by_length
 from test_train_loop import Crash, _cfg, fresh_model, lm_loss, params, toy_data  # the loop tests' helpers
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
@@ -196,33 +196,59 @@ def test_packed_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path: Path
         assert torch.allclose(ref_params[k], got[k], atol=1e-6), k
 
 
-def test_mixed_steps_are_shuffled_batches_split_by_length(tmp_path: Path) -> None:
+def per_example_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token loss averaged within each sequence, then over sequences (a mean over examples)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    mask = (labels != -100).float()
+    return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean(), {}
+
+
+def test_split_by_length_cuts_a_batch_into_pieces_of_neighbouring_lengths() -> None:
     lengths = kinds_lengths(1000, seed=2)
-    mixed = plan_batches(lengths, batch_size=16, seed=4, strategy="mixed", chunk_batches=4)
     shuffled = plan_batches(lengths, batch_size=64, seed=4, strategy="random")
-    steps = [sorted(i for b in mixed[k : k + 4] for i in b) for k in range(0, len(mixed), 4)]
-    assert steps == [sorted(b) for b in shuffled]  # each optimizer step: exactly a plain shuffled batch
-    for k in range(0, len(mixed), 4):  # ... cut by length into micro-batches
-        chunk = mixed[k : k + 4]
-        assert all(max(lengths[i] for i in a) <= min(lengths[i] for i in b) for a, b in zip(chunk, chunk[1:]))
-    assert padding_fraction(mixed, lengths) < 0.5 * padding_fraction(shuffled, lengths)
-    with pytest.raises(ValueError, match="chunk_batches=2 with batching=mixed"):
-        TrainConfig(max_steps=3, batching="mixed", grad_accum=4, chunk_batches=2)
-    # through the loop (chunk_batches = grad_accum there), resumed exactly
+    cut = [split_by_length(b, lengths, 4) for b in shuffled]
+    for batch, pieces in zip(shuffled, cut):
+        assert sorted(i for p in pieces for i in p) == sorted(batch)  # the step takes exactly its batch
+        assert all(max(lengths[i] for i in a) <= min(lengths[i] for i in b) for a, b in zip(pieces, pieces[1:]))
+        assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
+    assert padding_fraction([p for ps in cut for p in ps], lengths) < 0.5 * padding_fraction(shuffled, lengths)
+    assert split_by_length([5, 6, 7], lengths, 4, min_size=2) == [[5, 6, 7]]  # too few for two pieces of 2
+    assert [len(p) for p in split_by_length(list(range(9)), lengths, 4, min_size=2)] == [3, 2, 2, 2]
+    with pytest.raises(ValueError, match="parts must be >= 1"):
+        split_by_length([1], lengths, 0)
+    with pytest.raises(ValueError, match="splits=0"):
+        TrainConfig(max_steps=3, splits=0)
+
+
+def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def test_splits_train_exactly_as_the_whole_batch_and_resume_exactly(tmp_path: Path) -> None:
     data = toy_data(40, lo=5, hi=60)
-    cfg = _cfg(batching="mixed", eval_every=0)
-    whole = fresh_model()
-    train(whole, lm_loss, data, cfg, collate=pad_collate(0), run_dir=tmp_path / "whole")
+    whole_batch = no_dropout(fresh_model())
+    train(whole_batch, per_example_loss, data, _cfg(batching="random", eval_every=0), collate=pad_collate(0),
+          run_dir=tmp_path / "one")
+    split = no_dropout(fresh_model())
+    cfg = _cfg(batching="random", splits=3, eval_every=0)
+    train(split, per_example_loss, data, cfg, collate=pad_collate(0), run_dir=tmp_path / "split")
+    ref, got = params(whole_batch), params(split)
+    assert all(torch.allclose(ref[k], got[k], atol=1e-5) for k in ref)  # the same steps, in smaller pieces
 
     def crash_after_6(state, row) -> None:  # noqa: ANN001
         if state.step == 6:
             raise Crash
 
     with pytest.raises(Crash):
-        train(fresh_model(), lm_loss, data, cfg, collate=pad_collate(0), run_dir=tmp_path / "cut",
+        train(no_dropout(fresh_model()), per_example_loss, data, cfg, collate=pad_collate(0), run_dir=tmp_path / "cut",
               callbacks=[crash_after_6])
-    again = fresh_model(seed=123)
-    res = train(again, lm_loss, data, cfg, collate=pad_collate(0), run_dir=tmp_path / "cut")
+    again = no_dropout(fresh_model(seed=123))
+    res = train(again, per_example_loss, data, cfg, collate=pad_collate(0), run_dir=tmp_path / "cut")
     assert res.resumed_from == 4 and res.step == 12
-    ref, got = params(whole), params(again)
+    ref, got = params(split), params(again)
     assert all(torch.allclose(ref[k], got[k], atol=1e-6) for k in ref)

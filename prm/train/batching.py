@@ -11,15 +11,14 @@ batch, padding between the two). Measured on PRM training from a trained policy
 (``benchmarks/trl_prm.py``), mixing is what held-out accuracy needs: local AUROC rises from
 bucketed through windows of 8, 4 and 2 batches to plain shuffled batches, and windows of 2 get
 most of the way at about half of shuffled batching's padding. ``random`` is plain shuffled
-batching (for comparison); ``packed`` is the same plan of shuffled batches, which the collate
-then packs (``pack_rows``: several examples per row, first-fit decreasing, so a batch keeps
-shuffled batching's mix without its padding; ``prm.prm_loss.prm_collate(pack=True)`` gives the
-rows block-diagonal attention through restarting position ids; on CPU the block mask costs more
-than the padding it saves); ``mixed`` sorts each chunk of ``chunk_batches`` micro-batches' worth
-of shuffled examples by length and keeps the micro-batches of a chunk in order: with
-``chunk_batches == grad_accum`` (the training loop sets it so) every optimizer step takes exactly
-a plain shuffled batch, as ``random`` does, split by length into micro-batches that are each
-padded only to their own longest example (4 micro-batches of 16: 7% padding against 24%);
+batching (with the loop's ``splits``, prm-train's default); ``packed`` is the same plan of
+shuffled batches, which the collate then packs (``pack_rows``: several examples per row, first-fit decreasing, so a batch keeps
+shuffled batching's mix without its padding;
+``prm.prm_loss.prm_collate(pack=True)`` gives the rows block-diagonal attention through restarting
+position ids; on CPU the block mask costs more than the padding it saves). ``split_by_length``
+cuts one batch into micro-batches of neighbouring lengths (the training loop's ``splits``): the
+optimizer step still takes the whole batch, each piece is padded only to its own longest example
+(a shuffled batch of 64 as 4 pieces of 16: 7% padding against 24%);
 ``sequential`` keeps the order and ``sorted`` sorts everything by length (both for evaluation).
 A batch holds ``batch_size`` examples, or, with ``max_tokens``, as many as fit in ``max_tokens``
 padded positions (longest x count; an example longer than the budget is a batch by itself).
@@ -33,10 +32,10 @@ from typing import Any, Literal
 
 import torch
 
-Strategy = Literal["bucketed", "windowed", "random", "packed", "mixed", "sequential", "sorted"]
-STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "packed", "mixed", "sequential", "sorted")
-TRAIN_STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "packed", "mixed")  # the training loop's
-CHUNK_BATCHES: dict[str, int] = {"bucketed": 64, "windowed": 2, "mixed": 1}  # batches' worth sorted together
+Strategy = Literal["bucketed", "windowed", "random", "packed", "sequential", "sorted"]
+STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "packed", "sequential", "sorted")
+TRAIN_STRATEGIES: tuple[str, ...] = ("bucketed", "windowed", "random", "packed")  # the training loop's
+CHUNK_BATCHES: dict[str, int] = {"bucketed": 64, "windowed": 2}  # batches' worth sorted together
 IGNORE_INDEX = -100
 
 
@@ -107,9 +106,29 @@ def plan_batches(
     for start in range(0, n, chunk):
         part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
         batches += _cut(part, lengths, batch_size, max_tokens)
-    if strategy != "mixed":  # mixed: a chunk's micro-batches stay together, in one optimizer step
-        rng.shuffle(batches)
+    rng.shuffle(batches)
     return batches
+
+
+def split_by_length(batch: Sequence[int], lengths: Sequence[int], parts: int, *, min_size: int = 1) -> list[list[int]]:
+    """``batch`` (indices into ``lengths``) sorted by length and cut into ``parts`` consecutive pieces
+    whose sizes differ by at most one (fewer pieces when the batch has fewer than ``parts * min_size``
+    examples; never an empty piece). Every index appears exactly once; deterministic (ties keep the
+    batch's order)."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1 (got {parts})")
+    n = len(batch)
+    k = max(1, min(parts, n // max(1, min_size)))
+    if k == 1:
+        return [list(batch)]
+    order = sorted(batch, key=lambda i: lengths[i])
+    base, extra = divmod(n, k)
+    pieces, at = [], 0
+    for j in range(k):
+        size = base + (1 if j < extra else 0)
+        pieces.append(order[at : at + size])
+        at += size
+    return pieces
 
 
 def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int], *, packed: bool = False) -> float:

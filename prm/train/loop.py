@@ -20,13 +20,15 @@ A run owns one directory::
 Checkpoints are written to a temporary directory and renamed into place, and the last
 ``keep_checkpoints`` are kept. Started again in the same ``run_dir``, a run resumes from its
 last complete checkpoint and ends with the same parameters as an uninterrupted run: the data
-order is a function of ``(seed, epoch)`` only, resume skips exactly the micro-batches already
+order is a function of ``(seed, epoch)`` only, resume skips exactly the batches already
 consumed, and every RNG state is restored. Metric lines written after that checkpoint are
 dropped, so ``metrics.jsonl`` never repeats a step.
 
 Several processes (``accelerate launch --num_processes P``) train exactly as one process at the
-same global batch: each global micro-batch (``batch_size`` x P examples, or ``max_tokens`` x P
-padded tokens, planned as one process would) is dealt to the processes row by row, and a loss
+same global batch: each global batch (``batch_size`` x P examples, or ``max_tokens`` x P
+padded tokens, planned as one process would, then cut into its ``splits`` micro-batches of
+neighbouring lengths, each weighted by its share of the batch's examples) is dealt to the
+processes row by row, and a loss
 that reports what its mean is over (``LOSS_WEIGHT`` in its metrics: labelled steps, target
 tokens, sequences) is rescaled by its share of the global count before DDP averages the
 gradients, so the update is the global mean's gradient whatever the shares hold. A global batch
@@ -56,7 +58,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from prm.io import atomic_write_text, read_resumable_jsonl, write_json, write_jsonl
-from prm.train.batching import TRAIN_STRATEGIES, padding_fraction, plan_batches
+from prm.train.batching import TRAIN_STRATEGIES, padding_fraction, plan_batches, split_by_length
 
 Batch = Any
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, Mapping[str, Any]]]
@@ -87,7 +89,8 @@ METRICS_FILE = "metrics.jsonl"
 
 @dataclass
 class TrainConfig:
-    """Every knob of the loop. Steps are optimizer steps (each ``grad_accum`` micro-batches)."""
+    """Every knob of the loop. Steps are optimizer steps (each ``grad_accum`` batches, each batch run as up
+    to ``splits`` micro-batches of neighbouring lengths)."""
 
     lr: float = 3e-4
     weight_decay: float = 0.1  # on matrices only (not biases, norms)
@@ -100,9 +103,10 @@ class TrainConfig:
     epochs: float | None = None
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged)
-    batch_size: int | None = 32  # examples per micro-batch (per process) ...
-    max_tokens: int | None = None  # ... or padded tokens per micro-batch (with batch_size: both limits)
-    batching: Literal["bucketed", "windowed", "random", "packed", "mixed"] = "bucketed"  # see prm.train.batching
+    batch_size: int | None = 32  # examples per batch (per process) ...
+    max_tokens: int | None = None  # ... or padded tokens per batch (with batch_size: both limits)
+    batching: Literal["bucketed", "windowed", "random", "packed"] = "bucketed"  # see prm.train.batching
+    splits: int = 1  # each batch runs as this many micro-batches cut by length (same step, less padding)
     chunk_batches: int | None = None  # bucketed/windowed: batches' worth sorted together (None: 64/2)
     mixed_precision: Literal["no", "bf16"] = "no"
     eval_every: int = 0  # steps; 0: only at the end
@@ -123,9 +127,6 @@ class TrainConfig:
             problems.append(f"mixed_precision={self.mixed_precision!r} (no or bf16)")
         if self.batching not in TRAIN_STRATEGIES:
             problems.append(f"batching={self.batching!r} ({', '.join(TRAIN_STRATEGIES)})")
-        if self.batching == "mixed" and self.chunk_batches not in (None, self.grad_accum):
-            problems.append(f"chunk_batches={self.chunk_batches} with batching=mixed (its chunks are the grad_accum "
-                            f"micro-batches of one optimizer step: leave it null)")
         if self.chunk_batches is not None and self.chunk_batches < 1:
             problems.append(f"chunk_batches={self.chunk_batches} (must be >= 1)")
         if self.max_steps is None and self.epochs is None:
@@ -136,7 +137,7 @@ class TrainConfig:
             problems.append(f"epochs={self.epochs} (must be > 0)")
         if self.batch_size is None and self.max_tokens is None:
             problems.append("neither batch_size nor max_tokens is set")
-        for name in ("grad_accum", "log_every", "keep_checkpoints"):
+        for name in ("grad_accum", "splits", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         for name in ("warmup_steps", "eval_every", "save_every"):
@@ -397,22 +398,28 @@ def train(
     global_tokens = cfg.max_tokens * world if cfg.max_tokens is not None else None
 
     def epoch_plan(epoch: int) -> list[list[int]]:
-        """One epoch of GLOBAL micro-batches (what one process at the global batch would take)."""
+        """One epoch of GLOBAL batches (what one process at the global batch would take)."""
         plan = plan_batches(lengths, batch_size=global_size, max_tokens=global_tokens,
-                            seed=cfg.seed, epoch=epoch, strategy=cfg.batching,
-                            chunk_batches=cfg.grad_accum if cfg.batching == "mixed" else cfg.chunk_batches)
+                            seed=cfg.seed, epoch=epoch, strategy=cfg.batching, chunk_batches=cfg.chunk_batches)
         if not any(len(b) >= world for b in plan):
             raise ValueError(f"no batch of the epoch has an example for each of {world} processes; "
                              f"more data or a larger batch")
         return plan
+
+    def pieces(batch: list[int]) -> list[list[int]]:
+        """A global batch as its GLOBAL micro-batches: ``splits`` pieces of neighbouring lengths, each with
+        at least one example per process (every process runs the same number of pieces)."""
+        return split_by_length(batch, lengths, cfg.splits, min_size=world) if cfg.splits > 1 else [batch]
 
     first_plan = epoch_plan(0) if source is None else []
     micro_per_epoch = max(1, len(first_plan))
     if main and source is None:
         shuffled = plan_batches(lengths, batch_size=global_size, max_tokens=global_tokens, seed=cfg.seed,
                                 strategy="random")
-        tqdm.write(f"[train] {len(train_data)} examples, {len(first_plan)} micro-batches per epoch; padding "
-                   f"{padding_fraction(first_plan, lengths, packed=cfg.batching == 'packed'):.1%} "
+        run = [p for b in first_plan for p in pieces(b)]
+        split = f", each in up to {cfg.splits} micro-batches by length" if cfg.splits > 1 else ""
+        tqdm.write(f"[train] {len(train_data)} examples, {len(first_plan)} batches per epoch{split}; padding "
+                   f"{padding_fraction(run, lengths, packed=cfg.batching == 'packed'):.1%} "
                    f"({cfg.batching}; plain shuffled batches: "
                    f"{padding_fraction(shuffled, lengths):.1%})")
     max_steps = cfg.max_steps
@@ -443,12 +450,14 @@ def train(
                        f"batch {state.batch_in_epoch})")
     logger = MetricsLogger(run_dir, logger_cfg, run_config, main, state.step)
 
-    def stream(epoch: int, index: int) -> Iterator[tuple[int, int, list[int]]]:
+    def stream(epoch: int, index: int) -> Iterator[tuple[int, int, list[tuple[list[int], float]]]]:
+        """(epoch, batch index, [(this process's share of a micro-batch, the micro-batch's share of the batch)])."""
         while True:
             plan = epoch_plan(epoch)
             while index < len(plan):
                 if len(plan[index]) >= world:  # else too small to deal: every process skips it
-                    yield epoch, index, plan[index][rank::world]
+                    cut = pieces(plan[index])
+                    yield epoch, index, [(p[rank::world], len(p) / len(plan[index])) for p in cut]
                 index += 1
             epoch, index = epoch + 1, 0
 
@@ -564,19 +573,22 @@ def train(
             for micro in range(cfg.grad_accum):
                 if source is not None:
                     epoch, index = 0, state.batch_in_epoch
-                    batch = to_device(source.next_batch(accelerator.unwrap_model(model), state.step, micro))
+                    parts: list[tuple[Any, float]] = [
+                        (source.next_batch(accelerator.unwrap_model(model), state.step, micro), 1.0)]
                 else:
                     assert data is not None and collate is not None
-                    epoch, index, idxs = next(data)
-                    batch = to_device(collate([train_data[i] for i in idxs]))  # type: ignore[index]
-                sync = micro == cfg.grad_accum - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    with autocast():
-                        loss, metrics = loss_fn(model, batch)
-                    metrics = dict(metrics)
-                    share = global_share(metrics.pop(LOSS_WEIGHT, None))
-                    accelerator.backward(loss * share / cfg.grad_accum)
-                window.add(float(loss.detach().float().item()), metrics, batch)
+                    epoch, index, parts = next(data)  # a piece counts by its share of the batch's examples
+                for j, (part, weight) in enumerate(parts):
+                    batch = to_device(part if source is not None else
+                                      collate([train_data[i] for i in part]))  # type: ignore[index]
+                    sync = micro == cfg.grad_accum - 1 and j == len(parts) - 1
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                        with autocast():
+                            loss, metrics = loss_fn(model, batch)
+                        metrics = dict(metrics)
+                        share = global_share(metrics.pop(LOSS_WEIGHT, None))
+                        accelerator.backward(loss * share * weight / cfg.grad_accum)
+                    window.add(float(loss.detach().float().item()), metrics, batch)
                 state.epoch, state.batch_in_epoch = epoch, index + 1
             grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
             window.lr = scheduler.get_last_lr()[0]  # the rate this step used
@@ -679,7 +691,8 @@ def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
 def _warn_config_change(saved: Mapping[str, Any], cfg: TrainConfig, main: bool) -> None:
     """Resuming with other data-order knobs cannot reproduce the original run: say so."""
     now = _jsonable(cfg)
-    changed = [k for k in ("seed", "batch_size", "max_tokens", "grad_accum", "batching", "chunk_batches") if k in saved and saved[k] != now[k]]
+    order_knobs = ("seed", "batch_size", "max_tokens", "grad_accum", "batching", "chunk_batches", "splits")
+    changed = [k for k in order_knobs if k in saved and saved[k] != now[k]]
     if changed and main:
         tqdm.write(f"[train] warning: resuming with changed {changed}: the data order differs from the original run")
 

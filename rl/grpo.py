@@ -49,7 +49,7 @@ from rl.losses import aggregate, clipped_policy_loss, entropy_from_logits, kl_pe
 from rl.monitor import Monitor
 from rl.prm_refresh import PRMRefresh
 from rl.rewards import make_rewards
-from rl.rollouts import AdvantageConfig, RolloutConfig, RolloutSource, metrics_of
+from rl.rollouts import AdvantageConfig, RolloutConfig, RolloutSource, metrics_of, policy_logits
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -58,12 +58,14 @@ class RLConfigError(ValueError):
     """A config value prm-rl cannot use; the message names the key."""
 
 
-def grpo_loss(clip_low: float, clip_high: float, kl_coef: float, aggregation: str):  # type: ignore[no-untyped-def]
-    """The loss of one rollout batch: clipped surrogate (+ kl_coef x k3 KL); entropy and stats logged."""
+def grpo_loss(clip_low: float, clip_high: float, kl_coef: float, aggregation: str,  # type: ignore[no-untyped-def]
+              splits: int = 1):
+    """The loss of one rollout batch: clipped surrogate (+ kl_coef x k3 KL); entropy and stats logged. ``splits``:
+    the forward in pieces of neighbouring lengths (``policy_logits``; the same loss, less padding)."""
 
     def loss_fn(model: torch.nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         ids, attn = batch["input_ids"], batch["attention_mask"]
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        logits = policy_logits(model, ids, attn, splits)[:, :-1]
         logp = token_logprobs(logits, ids[:, 1:])
         mask = batch["completion_mask"][:, 1:]
         old = batch["old_logprobs"][:, 1:] if "old_logprobs" in batch else logp.detach()  # one pass: ratio 1
@@ -134,7 +136,8 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
         train_cfg = TrainConfig.from_dict(OmegaConf.to_container(cfg.train, resolve=True))  # type: ignore[arg-type]
         rollout = RolloutConfig(prompts_per_step=int(r.prompts_per_step), group_size=int(r.group_size),
                                 temperature=float(r.temperature), top_p=float(r.top_p),
-                                max_new_tokens=int(r.max_new_tokens), ppo_epochs=int(r.ppo_epochs), seed=int(r.seed))
+                                max_new_tokens=int(r.max_new_tokens), ppo_epochs=int(r.ppo_epochs), seed=int(r.seed),
+                                splits=int(r.splits))
         advantage = AdvantageConfig(**OmegaConf.to_container(r.advantage, resolve=True))  # type: ignore[arg-type]
     except (TypeError, ValueError) as e:
         raise RLConfigError(f"rl/train: {e}") from e
@@ -192,7 +195,8 @@ def run(cfg: DictConfig, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     result = train(
-        model, grpo_loss(float(r.clip_low), float(r.clip_high), float(r.kl_coef), str(r.aggregation)), source,
+        model, grpo_loss(float(r.clip_low), float(r.clip_high), float(r.kl_coef), str(r.aggregation),
+                         splits=rollout.splits), source,
         train_cfg, run_dir=run_dir, tokenizer=tok, evaluate=monitor, eval_at_start=True,
         logger_cfg=OmegaConf.to_container(cfg.logger, resolve=True),  # type: ignore[arg-type]
         run_config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]

@@ -45,6 +45,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prm.steps import policy_prompt, step_end_chars, step_end_token_indices
+from prm.train.batching import split_by_length
 from prm.worlds import Task, World
 from rl.advantages import (
     baseline_advantages,
@@ -90,9 +91,10 @@ class RolloutConfig:
     max_new_tokens: int = 64
     ppo_epochs: int = 1
     seed: int = 0
+    splits: int = 1  # forwards over the batch in pieces of neighbouring lengths (policy_logits)
 
     def __post_init__(self) -> None:
-        for name in ("prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs"):
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "splits"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"rl.{name} must be >= 1 (got {getattr(self, name)})")
 
@@ -316,15 +318,40 @@ class RolloutSource:
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": attn, "completion_mask": comp,
                                  "advantages": advantages}
         if self.cfg.ppo_epochs > 1:  # one pass: the sampling policy IS the policy being differentiated (ratio 1)
-            batch["old_logprobs"] = sequence_logprobs(model, ids, attn)
+            batch["old_logprobs"] = sequence_logprobs(model, ids, attn, splits=self.cfg.splits)
         if self.ref_model is not None:
-            batch["ref_logprobs"] = sequence_logprobs(self.ref_model, ids, attn)
+            batch["ref_logprobs"] = sequence_logprobs(self.ref_model, ids, attn, splits=self.cfg.splits)
         return batch
 
 
+def policy_logits(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, splits: int = 1) -> torch.Tensor:
+    """The policy's logits ``[rows, tokens, vocab]`` of a right-padded batch, the forward run as ``splits``
+    pieces of neighbouring lengths (``prm.train.batching.split_by_length``), each cut to its own longest row:
+    the same logits at every real position (causal attention never reads the padding after a token), less
+    padding computed (padding past a piece's longest row gets 0). One piece for a model wrapped for several processes (DDP
+    takes one forward per backward)."""
+    if splits <= 1 or ids.shape[0] < 2 or isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model(input_ids=ids, attention_mask=attn).logits
+    lengths = attn.sum(1).tolist()
+    pieces = split_by_length(list(range(len(lengths))), lengths, splits)
+    width = ids.shape[1]
+    parts = []
+    for rows in pieces:
+        w = max(1, max(lengths[i] for i in rows))
+        at = torch.tensor(rows, device=ids.device)
+        logits = model(input_ids=ids[at, :w], attention_mask=attn[at, :w]).logits
+        parts.append(torch.nn.functional.pad(logits, (0, 0, 0, width - w)))
+    order = torch.tensor([i for rows in pieces for i in rows], device=ids.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=ids.device)
+    return torch.cat(parts)[inverse]
+
+
 @torch.no_grad()
-def sequence_logprobs(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Log-prob of every token given the ones before it (position 0: 0.0), in chunks of rows, on CPU."""
+def sequence_logprobs(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, chunk: int = 64,
+                      splits: int = 1) -> torch.Tensor:
+    """Log-prob of every token given the ones before it (position 0: 0.0), in chunks of rows (each run as
+    ``policy_logits`` pieces), on CPU."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
@@ -332,7 +359,7 @@ def sequence_logprobs(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Ten
     try:
         for lo in range(0, ids.shape[0], chunk):
             x, m = ids[lo : lo + chunk].to(device), attn[lo : lo + chunk].to(device)
-            logits = model(input_ids=x, attention_mask=m).logits
+            logits = policy_logits(model, x, m, splits)
             out[lo : lo + chunk, 1:] = token_logprobs(logits[:, :-1], x[:, 1:]).float().cpu()
     finally:
         model.train(was)

@@ -264,3 +264,49 @@ def test_a_prm_with_another_tokenizer_than_the_policy_scores_text(tmp_path: Path
     summary = run(_cfg(tmp_path / "rl", tiny_policy, "reward=prm", f"scorer.model_or_path={prm_dir}", "~reward.digits",
                        "train.max_steps=2"))
     assert summary["step"] == 2 and "prm_reward" in summary["monitor"][-1]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_split_forward_gives_the_same_logits_loss_and_gradients(kind: str) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rl.grpo import grpo_loss
+    from rl.rollouts import policy_logits, sequence_logprobs
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = load_causal_lm(size=TinyGPTConfig(n_layer=2, n_embd=32, n_head=2, n_positions=64), seed=0)[0]
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    g = torch.Generator().manual_seed(1)
+    lengths = [7, 30, 12, 30, 3, 19, 25, 9, 16]
+    ids = torch.zeros((len(lengths), 30), dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    comp = torch.zeros(ids.shape, dtype=torch.bool)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = torch.randint(3, 40, (n,), generator=g)
+        attn[r, :n] = 1
+        comp[r, min(2, n - 1) : n] = True
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": comp,
+             "advantages": torch.randn(ids.shape, generator=g)}
+    full = policy_logits(model, ids, attn, 1)
+    split = policy_logits(model, ids, attn, 4)
+    real = attn.bool()
+    torch.testing.assert_close(split[real], full[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sequence_logprobs(model, ids, attn, splits=3)[real],
+                               sequence_logprobs(model, ids, attn)[real], rtol=1e-5, atol=1e-5)
+    grads = []
+    for splits in (1, 4):
+        model.zero_grad()
+        loss, metrics = grpo_loss(0.2, 0.2, 0.0, "token", splits=splits)(model, batch)
+        loss.backward()
+        grads.append((float(loss), float(metrics["entropy"]),
+                      {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5, abs=1e-7)
+    assert grads[0][1] == pytest.approx(grads[1][1], rel=1e-5)
+    for k, v in grads[0][2].items():
+        torch.testing.assert_close(grads[1][2][k], v, rtol=1e-3, atol=1e-6)

@@ -104,16 +104,14 @@ def bce_on_labels(
     if logits.shape != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in shape")
     mask = labels != IGNORE_LABEL
-    if not bool(mask.any()):
-        return bce_on_steps(logits.sum() * 0.0, labels[mask])  # keeps the graph: backward() gives zero gradients
     return bce_on_steps(logits[mask], labels[mask], pos_weight=pos_weight, neg_weight=neg_weight)
 
 
 def bce_on_steps(
     x: torch.Tensor, y: torch.Tensor, *, pos_weight: float = 1.0, neg_weight: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``bce_on_labels`` on the labelled positions' logits ``x`` and targets ``y`` (flat, same length; a
-    0-dim ``x`` with an empty ``y`` is the loss of a batch without a label: ``x``, all metrics 0)."""
+    """``bce_on_labels`` on the labelled positions' logits ``x`` and targets ``y`` (flat, same length). Without
+    a label the loss is 0 with a graph (``x.sum() * 0``: backward() gives zero gradients), all metrics 0."""
     n = y.numel()
     if n == 0:
         none = torch.zeros((), device=x.device)
@@ -173,14 +171,11 @@ class PRMLoss:
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         labels = batch["labels"]
         mask = labels != IGNORE_LABEL
-        if bool(mask.any()):
-            x = label_logits(model, batch, mask)
-            if x.shape != (int(mask.sum()),):
-                raise ValueError(f"a PRM has one logit per token (got {tuple(x.shape)} logits for "
-                                 f"{int(mask.sum())} labelled steps)")
-            loss, metrics = bce_on_steps(x, labels[mask], pos_weight=self.pos_weight, neg_weight=self.neg_weight)
-        else:  # nothing to read: the full forward's zero loss (a graph through every parameter)
-            loss, metrics = bce_on_labels(token_logits_of(model, batch), labels)
+        x = label_logits(model, batch, mask)  # no label: the full forward's empty selection (a graph, loss 0)
+        if x.dim() != 1:
+            raise ValueError(f"a PRM has one logit per token (got logits of shape {tuple(x.shape)} at the "
+                             f"{int(mask.sum())} labelled steps)")
+        loss, metrics = bce_on_steps(x, labels[mask], pos_weight=self.pos_weight, neg_weight=self.neg_weight)
         return loss, {**metrics, LOSS_WEIGHT: metrics["labelled_steps"]}  # the mean is over labelled steps
 
 

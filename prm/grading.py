@@ -237,8 +237,8 @@ def normalize_answer(s: str) -> str:
         if _THOUSANDS.fullmatch(s):
             s = s.replace(",", "")
         s = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", s)  # .5 -> 0.5
-        s = re.sub(r"(\d\.\d*?)0+(?![\d.])", r"\1", s)  # 2.50 -> 2.5, 3.0 -> 3.
-        s = re.sub(r"(\d)\.(?![\d])", r"\1", s)  # 3. -> 3
+        s = re.sub(r"(\d\.\d*?)0+(?![\d.\\])", r"\1", s)  # 2.50 -> 2.5, 3.0 -> 3.
+        s = re.sub(r"(\d)\.(?![\d\\])", r"\1", s)  # 3. -> 3 (not 0.\overline{3})
         m = re.fullmatch(r"\(([A-Z])\)", s)  # multiple choice "(B)"
         if m:
             s = m.group(1)
@@ -255,8 +255,25 @@ _SIMPLE = re.compile(
 )
 
 
+_REPEATING = re.compile(r"(?P<sign>[-+]?)(?P<int>\d*)\.(?P<fixed>\d*)\\overline\{(?P<rep>\d+)\}")
+
+
+def _repeating_fraction(s: str) -> Fraction | None:
+    """Exact value of a repeating decimal ``0.1\\overline{6}`` (= 1/6); None for anything else."""
+    m = _REPEATING.fullmatch(s)
+    if not m or len(s) > 100:
+        return None
+    fixed, rep = m.group("fixed"), m.group("rep")
+    val = Fraction(int(m.group("int") or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed))
+    val += Fraction(int(rep), 10 ** len(fixed) * (10 ** len(rep) - 1))
+    return -val if m.group("sign") == "-" else val
+
+
 def _to_fraction(s: str) -> Fraction | None:
-    """Exact value of an int, decimal, ``a/b`` or ``\\frac{a}{b}``; None otherwise."""
+    """Exact value of an int, decimal, repeating decimal (``0.\\overline{3}``), ``a/b`` or
+    ``\\frac{a}{b}``; None otherwise."""
+    if "\\overline" in s:
+        return _repeating_fraction(s)
     m = _SIMPLE.fullmatch(s)
     if not m or len(s) > 100:
         return None

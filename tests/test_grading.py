@@ -155,6 +155,13 @@ GRADE_CASES: list[tuple[str, str, bool]] = [
     ("x\\in(1,2)", "(1,2)", True),
     ("\\alpha = 3", "3", True),
     ("\\theta \\in [0, \\pi]", "[0,\\pi)", False),
+    # repeating decimals: the point before \overline stays, the value is exact
+    ("0.\\overline{3}", "\\frac{1}{3}", True),
+    ("0.1\\overline{6}", "1/6", True),
+    ("1.\\overline{27}", "\\frac{14}{11}", True),
+    ("-0.\\overline{9}", "-1", True),
+    ("0.\\overline{3}", "0.3", False),
+    ("0.10\\overline{6}", "\\frac{1}{6}", False),  # a zero before the bar is a digit, not a trailing zero
     # empty and missing
     ("", "3", False),
     ("3", "", False),

@@ -134,3 +134,19 @@ def test_byte_order_mark_is_valid_input(
         out = tmp_path / "converted.jsonl"
         assert main(["convert", str(path), str(out)]) == 0
         assert len(read_stepwise(out)) == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "b", "problem": "2+2?", "answer": "  "}', "field 'answer': empty reference answer"),
+        ('{"id": "b", "problem": "2+2?", "answer": NaN}', "field 'answer': expected a finite number"),
+        ('{"id": "b", "problem": "2+2?", "answer": true}', "field 'answer': expected a string or number"),
+    ],
+)
+def test_a_problem_file_with_an_unusable_answer_names_its_line(tmp_path: Path, line: str, message: str) -> None:
+    """An empty or non-finite reference answer would grade every solution wrong: an error, not a silent run."""
+    path = tmp_path / "problems.jsonl"
+    path.write_text(PROBLEM_LINES[0] + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{path}:2: {message}".replace("(", r"\(").replace(")", r"\)")):
+        read_problems(path)

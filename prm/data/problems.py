@@ -6,6 +6,7 @@ Search reads these; ``prm-data arith --problems-only`` writes them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ def parse_problem(obj: Any, line: int, path: str | Path | None = None) -> Proble
         raise DataError("expected a non-empty string", path=path, line=line, field="problem")
     if not isinstance(obj["answer"], (str, int, float)) or isinstance(obj["answer"], bool):
         raise DataError("expected a string or number", path=path, line=line, field="answer")
+    if isinstance(obj["answer"], float) and not math.isfinite(obj["answer"]):
+        raise DataError(f"expected a finite number, got {obj['answer']}", path=path, line=line, field="answer")
+    if not str(obj["answer"]).strip():
+        raise DataError("empty reference answer (every solution would be graded wrong)", path=path, line=line,
+                        field="answer")
     pid = obj.get("id", obj.get("unique_id", f"line-{line}"))
     extra = {k: v for k, v in obj.items() if k not in ("id", "problem", "answer")}
     return ProblemRecord(id=str(pid), problem=obj["problem"], answer=str(obj["answer"]), extra=extra)

@@ -7,6 +7,7 @@ cache; everything runs on CPU in seconds. The vLLM test is marked ``gpu`` and sk
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from pathlib import Path
@@ -367,6 +368,45 @@ def test_vllm_missing_says_how_to_install() -> None:
             VLLMGenerator("/nonexistent")
     else:
         pytest.skip("vLLM is installed")
+
+
+def test_vllm_weight_updates_reach_the_model_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``in_process`` the engine is built with V1 multiprocessing off (and the variable restored after), and
+    ``update_weights`` hands every detached tensor to the model's ``load_weights``, then drops the prefix cache.
+    A stand-in ``vllm`` module: what is checked is what the backend asks of vLLM, not vLLM itself."""
+    from types import SimpleNamespace as NS
+
+    from search.generation import vllm_backend
+
+    seen: dict[str, object] = {}
+
+    class FakeLLM:
+        def __init__(self, **kwargs: object) -> None:
+            seen["multiprocessing"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+            seen["kwargs"] = kwargs
+            self.model = NS(load_weights=lambda weights: seen.setdefault("loaded", list(weights)))
+
+        def get_tokenizer(self) -> object:
+            return None
+
+        def apply_model(self, func):  # noqa: ANN001, ANN201
+            return [func(self.model)]
+
+        def reset_prefix_cache(self) -> None:
+            seen["reset"] = True
+
+    monkeypatch.setattr(vllm_backend, "_import_vllm", lambda: NS(LLM=FakeLLM))
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    engine = vllm_backend.VLLMGenerator(model_path="policy", in_process=True, enforce_eager=True)
+    assert seen["multiprocessing"] == "0" and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert "in_process" not in seen["kwargs"] and seen["kwargs"]["enforce_eager"] is True  # type: ignore[index]
+    weight = torch.ones(2, requires_grad=True)
+    engine.update_weights([("lm_head.weight", weight)])
+    (name, tensor), = seen["loaded"]  # type: ignore[misc]
+    assert name == "lm_head.weight" and not tensor.requires_grad and torch.equal(tensor, weight.detach())
+    assert seen["reset"] is True
+    vllm_backend.VLLMGenerator(model_path="policy")  # the default leaves the engine's own process model
+    assert seen["multiprocessing"] == "1"
 
 
 # -- vLLM (GPU only) ---------------------------------------------------------------------------------------

@@ -14,11 +14,19 @@ it is what makes step-by-step search prefill only new text on this backend. ``ge
 token completing a stop string included). ``logprob`` is the completion's cumulative log-prob;
 with the default ``logprobs_mode="processed_logprobs"`` it is taken after temperature/top-p,
 like the HF backend.
+
+RL (``update_weights``): the policy's new weights are handed to the engine's model after each update.
+vLLM's V1 engine runs its core in a separate process by default, and a weight update would then be
+pickled there (the function and every tensor, and recent vLLM refuses to send a function without
+``VLLM_ALLOW_INSECURE_SERIALIZATION=1``); ``in_process=True`` (what ``prm-rl`` passes) builds the engine
+in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while it is built, as TRL's colocated mode
+also keeps vLLM in the trainer's process), so the update is a direct ``load_weights`` call on the model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -33,6 +41,7 @@ from search.generation.base import (
 
 INSTALL_HINT = "vLLM is not installed: install it with pip install -e '.[vllm]' on a GPU machine"
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 def _import_vllm() -> Any:
@@ -104,6 +113,7 @@ class VLLMGenerator:
     either backend with the same keyword. Other keyword arguments go to ``vllm.LLM`` unchanged
     (``max_model_len``, ...).
     ``logprobs_mode``: None leaves vLLM's default (log-probs of the raw model distribution).
+    ``in_process``: build the engine core in this process (see the module docstring; RL weight updates).
     """
 
     def __init__(
@@ -117,6 +127,7 @@ class VLLMGenerator:
         tokenizer: str | None = None,
         logprobs_mode: str | None = "processed_logprobs",
         model_or_path: str | None = None,
+        in_process: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         model_path = model_path or model_or_path
@@ -136,7 +147,18 @@ class VLLMGenerator:
         if logprobs_mode is not None:
             kwargs["logprobs_mode"] = logprobs_mode
         self._vllm = vllm
-        self.llm = vllm.LLM(**kwargs)
+        self.in_process = in_process
+        saved = os.environ.get(_MULTIPROCESSING)
+        if in_process:
+            os.environ[_MULTIPROCESSING] = "0"  # read when the engine is built
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        finally:
+            if in_process:
+                if saved is None:
+                    os.environ.pop(_MULTIPROCESSING, None)
+                else:
+                    os.environ[_MULTIPROCESSING] = saved
         self.tokenizer = self.llm.get_tokenizer()
         self.stats = GenerationStats()
 
@@ -177,9 +199,10 @@ class VLLMGenerator:
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Load new weights into the engine (RL: the policy after an update; names as in the Hugging Face
-        model's ``state_dict``) and drop the prefix cache, whose keys/values the old weights computed."""
+        model's ``state_dict``) and drop the prefix cache, whose keys/values the old weights computed. Build the
+        engine with ``in_process=True`` for this (see the module docstring)."""
         weights = [(name, tensor.detach()) for name, tensor in named_tensors]
-        if hasattr(self.llm, "apply_model"):  # vLLM >= 0.9: runs on every worker of the engine
+        if hasattr(self.llm, "apply_model"):  # vLLM >= 0.9: runs on every worker (in this process if in_process)
             self.llm.apply_model(lambda model: model.load_weights(weights))
         else:  # older engines: the driver worker's model (in-process executor)
             self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights(weights)

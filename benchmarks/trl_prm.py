@@ -135,6 +135,12 @@ class Result:
         return sum(len(r) for r in self.labels)
 
 
+def train_seed(args: argparse.Namespace) -> int:
+    """The seed of both trainers' initialisation (head, fresh backbone) and batch order: ``--train-seed``, else
+    ``--seed`` (which always sets the data)."""
+    return args.seed if args.train_seed is None else args.train_seed
+
+
 def make_data(args: argparse.Namespace, world: ArithConfig) -> tuple[list[StepwiseExample], list[StepwiseExample]]:
     train = generate_dataset(args.train_problems, world, seed=args.seed)
     held_out = generate_dataset(args.eval_problems, world, seed=args.seed + 1000)
@@ -147,7 +153,7 @@ def make_backbone(args: argparse.Namespace, root: Path) -> Path:
         return Path(args.backbone)
     tok = build_char_tokenizer()
     size = TinyGPTConfig(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, n_positions=args.n_positions)
-    return save_model(build_tiny_gpt(tok, size, seed=args.seed), tok, root / "backbone")
+    return save_model(build_tiny_gpt(tok, size, seed=train_seed(args)), tok, root / "backbone")
 
 
 # ---------------------------------------------------------------- ours
@@ -159,14 +165,15 @@ def train_ours(args: argparse.Namespace, data_path: Path, backbone: Path, run_di
     splits = args.splits if batching == "mixed" else 1
     overrides = [
         "data=stepwise", f"data.path={data_path}", f"init_from={backbone}", f"run_dir={run_dir}",
-        "val_fraction=0", f"seed={args.seed}",
+        "val_fraction=0", f"seed={train_seed(args)}",
         f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
         f"train.warmup_steps={args.warmup}", "train.schedule=cosine", "train.min_lr_ratio=0.1",
         "train.weight_decay=0.1", "train.betas=[0.9,0.95]", "train.max_grad_norm=1.0", "train.grad_accum=1",
         f"train.batching={'random' if batching == 'mixed' else batching}", f"train.splits={splits}",
         "train.mixed_precision=no", "train.eval_every=0", "train.save_every=0",
-        f"train.log_every={args.log_every}", f"train.seed={args.seed}", "train.max_time_s=null",
+        f"train.log_every={args.log_every}", f"train.seed={train_seed(args)}", "train.max_time_s=null",
         "train.progress=false", f"++train.chunk_batches={'null' if chunk_batches is None else chunk_batches}",
+        f"head_dropout={args.head_dropout}",
     ]
     if args.curve:  # a checkpoint every --curve steps, all kept, scored after training
         overrides += [f"train.save_every={args.curve}", "train.keep_checkpoints=100000"]
@@ -258,7 +265,7 @@ def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir
     tok = load_tokenizer(backbone)
     train_ds = load_stepwise_dataset(data_path).select_columns(["prompt", "completions", "labels"])
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(train_seed(args))
         model = AutoModelForTokenClassification.from_pretrained(str(backbone), num_labels=2, local_files_only=True)
     if fused:  # the fused GELU that every model of ours gets (prm.models.loading.fuse_activations)
         fuse_activations(model)
@@ -278,7 +285,7 @@ def train_trl(args: argparse.Namespace, data_path: Path, backbone: Path, out_dir
         train_on_last_step_only=False, max_length=max_length, report_to="none",
         save_strategy="steps" if args.curve else "no", save_steps=args.curve or 500, save_only_model=True,
         eval_strategy="no", logging_steps=args.log_every, use_cpu=True, bf16=False, fp16=False,
-        disable_tqdm=True, seed=args.seed, data_seed=args.seed,
+        disable_tqdm=True, seed=train_seed(args), data_seed=train_seed(args),
         dataloader_num_workers=0, **extra,
     )
     counts = {"tokens": 0, "padded": 0}
@@ -382,7 +389,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--splits", type=int, default=None,
                     help="batching=mixed: length-sorted micro-batches per step (default conf/prm_train.yaml's "
                          "train.splits when above 1, else 4)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the data's seed, and the trainers' unless --train-seed")
+    ap.add_argument("--head-dropout", type=float, default=0.0,
+                    help="our PRM's dropout on the head's input (TRL's GPT-2 token classifier has 0.1)")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="the trainers' initialisation and batch-order seed (default: --seed); data stays --seed's")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--batching", default=None, choices=OURS,
                     help="batching of the first (reference) row: default conf/prm_train.yaml's train.batching")
@@ -472,8 +483,10 @@ def measure(args: argparse.Namespace) -> tuple[list[Result], list[str]]:
     header = [
         f"world ArithConfig() defaults; {args.train_problems} train problems (seed {args.seed}), "
         f"{args.eval_problems} held-out (seed {args.seed + 1000}), 1 injected-error solution each; "
-        f"backbone {size}; {args.steps} steps x {args.batch_size}, lr {args.lr:g}, warm-up {args.warmup}, cosine to "
-        f"10%, AdamW (0.9, 0.95) wd 0.1, clip 1.0, fp32; {args.threads} thread(s) "
+        f"backbone {size}; trainers' seed {train_seed(args)}; our head dropout {args.head_dropout:g}; "
+        f"{args.steps} steps x {args.batch_size}, "
+        f"lr {args.lr:g}, warm-up {args.warmup}, cosine to 10%, AdamW (0.9, 0.95) wd 0.1, clip 1.0, fp32; "
+        f"{args.threads} thread(s) "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); torch {torch.__version__}, TRL {trl_version}",
         f"held-out: {first.n_steps} labelled steps ({n_pos} on track); {layouts}; "
         f"step-index-only baseline: step AUROC {prior.step_auroc():.4f}, local AUROC {prior.local_auroc():.4f}",

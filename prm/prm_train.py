@@ -270,7 +270,8 @@ def build_model(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         size = TinyGPTConfig(**sizes)
     try:
         model, tok = build_prm(backbone, tokenizer=tok, size=size, seed=int(cfg.seed),
-                               extra_layers=int(cfg.get("extra_layers") or 0))
+                               extra_layers=int(cfg.get("extra_layers") or 0),
+                               head_dropout=float(cfg.get("head_dropout") or 0.0))
     except ModelLoadError:  # a ValueError too: keep its own type and message
         raise
     except ValueError as e:  # impossible sizes (n_embd not divisible by n_head, ...)

@@ -72,3 +72,20 @@ def test_extra_layers_stack_fresh_layers_on_the_backbone(tmp_path: Path) -> None
 def test_extra_layers_need_a_backbone() -> None:
     with pytest.raises(ValueError, match="extra_layers"):
         build_prm(size=SIZE, extra_layers=1)
+
+
+def test_head_dropout_acts_in_training_only(tmp_path: Path) -> None:
+    """``head_dropout`` (0 by default) drops the head's input while training; evaluation is deterministic,
+    from scratch and from a backbone alike, and a rate outside [0, 1) is an error."""
+    policy, tok = load_causal_lm(size=SIZE, seed=1)
+    save_model(policy, tok, tmp_path / "policy")
+    ids = torch.tensor([tok("Q: 1+2*3\n1+2=3\n3*3=9\n").input_ids])
+    assert build_prm(tmp_path / "policy")[0].dropout.p == 0.0
+    for prm, _ in (build_prm(tmp_path / "policy", head_dropout=0.5), build_prm(size=SIZE, head_dropout=0.5)):
+        assert prm.dropout.p == 0.5
+        torch.manual_seed(0)
+        train = [prm.train()(ids).logits for _ in range(2)]
+        assert not torch.equal(train[0], train[1])
+        assert torch.equal(prm.eval()(ids).logits, prm.eval()(ids).logits)
+    with pytest.raises(ValueError, match="head_dropout"):
+        build_prm(size=SIZE, head_dropout=1.0)

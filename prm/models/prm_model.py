@@ -43,12 +43,17 @@ def build_prm(
     num_labels: int = 1,
     seed: int = 0,
     extra_layers: int = 0,
+    head_dropout: float = 0.0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A fresh PRM: from a local model directory's backbone (head new), or a tiny GPT from scratch.
 
     ``extra_layers`` (backbone only) stacks that many freshly initialised transformer layers on top of
     the backbone's (before its final norm): a deeper PRM that keeps everything the policy learned.
+    ``head_dropout``: dropout on the head's input while training (``config.classifier_dropout``; 0 by
+    default; Hugging Face's GPT-2 token classifier, as TRL's PRMTrainer loads it, uses 0.1).
     """
+    if not 0.0 <= head_dropout < 1.0:
+        raise ValueError(f"head_dropout={head_dropout} must be in [0, 1)")
     if extra_layers < 0 or (extra_layers and backbone is None):
         raise ValueError(f"extra_layers={extra_layers}: a non-negative number of layers added to a backbone "
                          "(from scratch, set the model's own layer count)")
@@ -59,7 +64,7 @@ def build_prm(
             tok = tokenizer or load_tokenizer(p)
             try:
                 config = AutoConfig.from_pretrained(str(p), num_labels=num_labels, local_files_only=True)
-                config.classifier_dropout = 0.0
+                config.classifier_dropout = head_dropout
                 if extra_layers:
                     if not isinstance(getattr(config, "num_hidden_layers", None), int):
                         raise ModelLoadError(f"{p}: its config has no num_hidden_layers, so extra_layers cannot grow it")
@@ -72,7 +77,7 @@ def build_prm(
             config = tiny_gpt_config(len(tok), size, pad_token_id=tok.pad_token_id,
                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
             config.num_labels = num_labels
-            config.classifier_dropout = 0.0
+            config.classifier_dropout = head_dropout
             model = AutoModelForTokenClassification.from_config(config)
     if model.config.pad_token_id is None and tok.pad_token_id is not None:
         model.config.pad_token_id = tok.pad_token_id

@@ -147,7 +147,6 @@ class VLLMGenerator:
         if logprobs_mode is not None:
             kwargs["logprobs_mode"] = logprobs_mode
         self._vllm = vllm
-        self.in_process = in_process
         saved = os.environ.get(_MULTIPROCESSING)
         if in_process:
             os.environ[_MULTIPROCESSING] = "0"  # read when the engine is built

@@ -162,6 +162,17 @@ GRADE_CASES: list[tuple[str, str, bool]] = [
     ("-0.\\overline{9}", "-1", True),
     ("0.\\overline{3}", "0.3", False),
     ("0.10\\overline{6}", "\\frac{1}{6}", False),  # a zero before the bar is a digit, not a trailing zero
+    # numbers in a base: the base counts when both sides name it; left out, the digits (or the value) count
+    ("1011_2", "1011_3", False),
+    ("40_9", "40_8", False),
+    ("1011_2", "1011_{2}", True),
+    ("\\text{1011}_2", "1011_2", True),
+    ("11_2", "3_{10}", True),
+    ("1011_2", "1011", True),
+    ("10_2", "2", True),
+    ("10_2", "3", False),
+    ("A3_{11}", "113", True),
+    ("x_1", "x_2", False),
     # empty and missing
     ("", "3", False),
     ("3", "", False),

@@ -439,8 +439,8 @@ def _match_unordered(given: list[str], truth: list[str], deadline: float) -> boo
 _BASED = re.compile(r"(?P<digits>[0-9A-Z]*[0-9][0-9A-Z]*)_\{?(?P<base>\d+)\}?")
 
 
-def _based(s: str) -> tuple[str, int, int] | None:
-    """``(digits, base, value)`` of a number written in a base (``1011_2``, ``A3_{11}``); None for anything else."""
+def _based(s: str) -> tuple[str, int] | None:
+    """``(digits, value)`` of a number written in a base (``1011_2``, ``A3_{11}``); None for anything else."""
     m = _BASED.fullmatch(s)
     if not m or len(s) > 100:
         return None
@@ -448,26 +448,27 @@ def _based(s: str) -> tuple[str, int, int] | None:
     if not 2 <= base <= 36:
         return None
     try:
-        return digits, base, int(digits, base)
+        return digits, int(digits, base)
     except ValueError:  # a digit the base does not have
         return None
 
 
 def _based_equal(given: str, truth: str) -> bool | None:
     """Numbers in a base: the same value when both name their base; against a plain integer, the same digits (the
-    base left out, as the question gives it) or the same value. None when neither side is a based number."""
+    base left out, as the question gives it) or the same value. None (undecided here) when neither side is a based
+    number, or the other side is neither those digits nor an integer."""
     bg, bt = _based(given), _based(truth)
     if bg is None and bt is None:
         return None
     if bg is not None and bt is not None:
-        return bg[2] == bt[2]
+        return bg[1] == bt[1]
     based, plain = (bg, truth) if bg is not None else (bt, given)
     assert based is not None
     if plain == based[0]:
         return True
     if not _INT.fullmatch(plain):
         return None
-    return _int_eq(plain, str(based[2]))
+    return _int_eq(plain, str(based[1]))
 
 
 def _equivalent(given: str, truth: str, deadline: float) -> bool:
